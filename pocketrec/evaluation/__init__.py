@@ -1,0 +1,31 @@
+"""The shared evaluation protocol: split, full-ranking metrics, and baselines."""
+
+from pocketrec.evaluation._baselines import (
+    EASE,
+    BaselineResult,
+    ItemKNN,
+    LastItem,
+    Popularity,
+    run_baselines,
+    tune,
+)
+from pocketrec.evaluation._metrics import Metrics, ScoreFn, evaluate, target_ranks
+from pocketrec.evaluation._report import metrics_table
+from pocketrec.evaluation._split import Split, leave_last_out
+
+__all__ = [
+    "EASE",
+    "BaselineResult",
+    "ItemKNN",
+    "LastItem",
+    "Metrics",
+    "Popularity",
+    "ScoreFn",
+    "Split",
+    "evaluate",
+    "leave_last_out",
+    "metrics_table",
+    "run_baselines",
+    "target_ranks",
+    "tune",
+]

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import socket
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pocketrec.data import (
+    DataError,
+    fetch_movielens,
+    load,
+    load_delimited,
+    synthetic,
+)
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+def test_load_movielens_100k_reads_every_rating_with_titles_and_genres(ml100k):
+    log = load(ml100k)
+    assert len(log) == 100_000 and log.num_users == 943 and log.num_items == 1682
+    assert log.items_info["1"].title == "Toy Story (1995)"
+    assert log.items_info["1"].genres == ("Animation", "Children's", "Comedy")
+    assert log.weights is not None and set(np.unique(log.weights)) == {1, 2, 3, 4, 5}
+
+
+def test_load_movielens_1m_format_is_detected(tmp_path):
+    write(tmp_path / "ratings.dat", "1::10::5::978300760\n1::20::3::978302109\n")
+    write(tmp_path / "movies.dat", "10::Heat (1995)::Action|Crime\n", encoding="latin-1")
+    log = load(tmp_path)
+    assert log.users.tolist() == [1, 1] and log.items.tolist() == [10, 20]
+    assert log.timestamps.tolist() == [978300760, 978302109]
+    assert log.items_info["10"].genres == ("Action", "Crime")
+    assert "1M" in log.source
+
+
+def test_load_movielens_latest_format_handles_quoted_titles(tmp_path):
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n3,7,4.5,100\n3,8,1,99\n")
+    write(
+        tmp_path / "movies.csv", 'movieId,title,genres\n7,"Heat, The (1995)",(no genres listed)\n'
+    )
+    log = load(tmp_path)
+    assert log.items.tolist() == [7, 8] and log.weights.tolist() == [4.5, 1.0]
+    assert log.items_info["7"] == log.items_info["7"].__class__("Heat, The (1995)", ())
+
+
+def test_delimited_file_without_time_column_uses_file_order(tmp_path):
+    path = write(tmp_path / "log.csv", "u1,i9\nu1,i3\nu2,i3\n")
+    log = load(path, string_ids=True)
+    assert log.users.tolist() == ["u1", "u1", "u2"]
+    assert log.timestamps.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_delimited_header_is_detected_and_columns_resolve_by_name(tmp_path):
+    path = write(tmp_path / "log.tsv", "when\titem\tuser\n2024-01-02\t5\t1\n2024-01-01\t6\t1\n")
+    log = load_delimited(path, user_col="user", item_col="item", time_col="when")
+    assert log.items.tolist() == [5, 6]
+    assert log.timestamps[0] > log.timestamps[1]
+
+
+def test_malformed_lines_are_skipped_and_counted(tmp_path):
+    path = write(tmp_path / "log.csv", "1,2,5\n1\n2,3,6\n")
+    log = load_delimited(path, time_col=2)
+    assert len(log) == 2 and log.skipped == {"malformed lines": 1}
+    assert "skipped 1 malformed lines" in log.summary()
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "message"),
+    [
+        ("", {}, "is empty"),
+        ("\n\n", {}, "is empty"),
+        ("1,2\n1,x\n", {}, r"log.csv:2: ids must be integers"),
+        ("1,2\n", {"item_col": 5}, "column 5 does not exist"),
+        ("user,item\n1,2\n", {"item_col": "movie"}, "no column named 'movie'"),
+        ("1,2,yesterday\n", {"time_col": 2}, "neither a number nor an ISO date"),
+        ("1,2,heavy\n", {"weight_col": 2}, "weight 'heavy' is not a number"),
+    ],
+)
+def test_bad_delimited_input_gets_a_clear_error(tmp_path, text, options, message):
+    path = write(tmp_path / "log.csv", text)
+    with pytest.raises(DataError, match=message):
+        load_delimited(path, **options)
+
+
+def test_missing_path_and_non_movielens_folder_are_refused(tmp_path):
+    with pytest.raises(DataError, match="no data at"):
+        load(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match="not a MovieLens folder"):
+        load(tmp_path)
+
+
+def test_synthetic_log_is_deterministic_and_sequential():
+    a = synthetic(300, 500, seed=3)
+    b = synthetic(300, 500, seed=3)
+    assert np.array_equal(a.items, b.items) and np.array_equal(a.users, b.users)
+    assert not np.array_equal(a.items, synthetic(300, 500, seed=4).items)
+    assert a.num_users == 300 and a.items.max() < 500
+    assert all(info.genres for info in a.items_info.values())
+    # Sequential structure: repeated (item, next item) pairs are far above chance.
+    same_user = a.users[1:] == a.users[:-1]
+    pairs = a.items[:-1][same_user] * 500 + a.items[1:][same_user]
+    _, counts = np.unique(pairs, return_counts=True)
+    assert counts.max() > 20
+
+
+def _serve(directory: Path):
+    handler = lambda *args: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+        *args, directory=str(directory)
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_fetch_refuses_an_archive_whose_checksum_does_not_match(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("ml-100k/u.data", "1\t2\t3\t4\n")
+    (mirror / "ml-100k.zip").write_bytes(buffer.getvalue())
+    server = _serve(mirror)
+    try:
+        with pytest.raises(DataError, match="checksum mismatch"):
+            fetch_movielens(
+                "100k", tmp_path / "cache", base_url=f"http://127.0.0.1:{server.server_port}"
+            )
+    finally:
+        server.shutdown()
+    assert not (tmp_path / "cache" / "ml-100k").exists()
+
+
+def test_fetch_offline_says_so(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(DataError, match="offline"):
+        fetch_movielens("100k", tmp_path, base_url=f"http://127.0.0.1:{port}", timeout=2)
+
+
+def test_fetch_reuses_a_verified_cache_without_network(tmp_path):
+    cached = tmp_path / "ml-100k"
+    cached.mkdir()
+    (cached / ".verified").write_text(hashlib.md5(b"x").hexdigest())
+    assert fetch_movielens("100k", tmp_path, base_url="http://127.0.0.1:9") == cached
+
+
+def test_fetch_rejects_unknown_dataset_names(tmp_path):
+    with pytest.raises(ValueError, match="unknown MovieLens dataset"):
+        fetch_movielens("7m", tmp_path)

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pocketrec.data import DataError, Interactions, ItemInfo
+from pocketrec.errors import PocketrecError
+from pocketrec.evaluation import (
+    EASE,
+    LastItem,
+    Popularity,
+    evaluate,
+    leave_last_out,
+    run_baselines,
+    target_ranks,
+)
+
+
+def log(rows, info=None):
+    users, items, times = zip(*rows, strict=True)
+    return Interactions(
+        users=np.array(users),
+        items=np.array(items),
+        timestamps=np.array(times, dtype=float),
+        items_info=info or {},
+    )
+
+
+def test_split_sorts_by_time_keeps_file_order_on_ties_and_first_duplicate():
+    split = leave_last_out(
+        log(
+            [
+                (1, 30, 5), (1, 10, 1), (1, 20, 1),  # 10 then 20 on the tie: file order
+                (1, 10, 6),  # a repeat of item 10 keeps its first event
+                (1, 40, 7), (1, 50, 8),
+                (2, 10, 1), (2, 60, 2),  # two events: dropped
+            ]
+        )
+    )  # fmt: skip
+    assert split.users.tolist() == ["1"]
+    assert split.item_ids.tolist() == ["10", "20", "30"]
+    assert split.train[0].tolist() == [0, 1, 2]
+    assert split.valid.tolist() == [-1] and split.test.tolist() == [-1]
+    assert split.stats == {
+        "duplicates_removed": 1,
+        "users_dropped_under_3_events": 1,
+        "valid_targets_outside_universe": 1,
+        "test_targets_outside_universe": 1,
+    }
+
+
+def test_split_targets_inside_universe_and_test_history_includes_valid_item():
+    split = leave_last_out(
+        log(
+            [(1, 1, 1), (1, 2, 2), (1, 3, 3), (1, 4, 4), (2, 3, 1), (2, 4, 2), (2, 1, 3)],
+            info={"1": ItemInfo("One", ("a",)), "3": ItemInfo("Three", ("a", "b"))},
+        )
+    )
+    # universe: train parts {1,2} and {3}
+    assert split.item_ids.tolist() == ["1", "2", "3"]
+    assert split.valid.tolist() == [2, -1] and split.test.tolist() == [-1, 0]
+    assert [h.tolist() for h in split.histories("test")] == [[0, 1, 2], [2]]
+    assert split.titles == ["One", None, "Three"]
+    assert split.genre_names == ["a", "b"]
+    assert split.item_genres.tolist() == [[1, 0], [0, 0], [1, 1]]
+
+
+def test_split_refuses_logs_where_no_user_has_three_events():
+    with pytest.raises(DataError, match="3 or more"):
+        leave_last_out(log([(1, 1, 1), (1, 2, 2)]))
+
+
+def test_ranks_average_ties_and_skip_excluded_items():
+    scores = np.array([[5.0, 3.0, 3.0, 3.0, 9.0, 1.0]])
+    ranks = target_ranks(scores.copy(), np.array([1]), [np.array([4])])
+    # item 0 is above; items 1,2,3 tie at positions 1..3 -> mean 2; item 4 excluded
+    assert ranks.tolist() == [2.0]
+
+
+def test_ranks_refuse_a_nan_target_score():
+    with pytest.raises(PocketrecError, match="non-finite"):
+        target_ranks(np.array([[np.nan, 1.0]]), np.array([0]), [np.array([], int)])
+
+
+def make_split():
+    # User u sees 8 of 12 items, starting at 2u: every item lands in some train part.
+    rows = [(u, (2 * u + step) % 12, step) for u in range(6) for step in range(8)]
+    return leave_last_out(log(rows))
+
+
+def test_evaluate_matches_hand_computed_metrics():
+    split = make_split()
+    target_of = {
+        tuple(history.tolist()): target
+        for history, target in zip(split.histories("test"), split.test.tolist(), strict=True)
+    }
+
+    def score_fn(histories):
+        # Puts two unseen items above each user's target: rank 2 (0-based) for everyone.
+        scores = np.zeros((len(histories), split.num_items), dtype=np.float32)
+        for row, history in enumerate(histories):
+            target = target_of[tuple(history.tolist())]
+            unseen = [i for i in range(split.num_items) if i not in history and i != target]
+            scores[row, unseen[:2]] = 2.0
+            scores[row, target] = 1.0
+        return scores
+
+    metrics = evaluate(score_fn, split, "test")
+    assert metrics.users == 6
+    assert metrics.hr_at_10 == 1.0
+    assert metrics.ndcg_at_10 == pytest.approx(1 / math.log2(4))
+    assert metrics.mrr == pytest.approx(1 / 3)
+
+
+def test_evaluate_rejects_scores_of_the_wrong_shape():
+    split = make_split()
+    with pytest.raises(PocketrecError, match="one score per item"):
+        evaluate(lambda h: np.zeros((len(h), 2)), split, "valid")
+
+
+def test_popularity_scores_train_counts():
+    split = make_split()
+    model = Popularity()
+    model.fit(split)
+    scores = model.score([np.array([0])])
+    assert scores[0].tolist() == split.item_popularity().tolist()
+
+
+def test_last_item_scores_follow_counts_of_the_latest_item():
+    split = make_split()
+    model = LastItem()
+    model.fit(split, window=1)
+    row = model.score([np.array([3])])[0]
+    # Item 3 is followed by item 4 in the train parts of users 0 and 1.
+    assert row.argmax() == split.item_index["4"]
+    assert row[split.item_index["4"]] == pytest.approx(2, abs=1e-2)
+
+
+def test_ease_matches_the_closed_form():
+    split = make_split()
+    model = EASE()
+    model.fit(split, l2=3.0)
+    x = np.zeros((split.num_users, split.num_items))
+    for u, items in enumerate(split.train):
+        x[u, items] = 1
+    p = np.linalg.inv(x.T @ x + 3.0 * np.eye(split.num_items))
+    b = np.eye(split.num_items) - p / np.diag(p)
+    np.fill_diagonal(b, 0)
+    history = np.array([0, 2])
+    np.testing.assert_allclose(model.score([history])[0], b[history].sum(0), atol=1e-4)
+
+
+def test_baselines_on_movielens_rank_sequential_signal_above_popularity(ml100k):
+    from pocketrec.data import load
+
+    split = leave_last_out(load(ml100k))
+    results = run_baselines(split, ["popularity", "last-item"], progress=False)
+    assert results["last-item"].test.ndcg_at_10 > results["popularity"].test.ndcg_at_10
+    assert results["last-item"].params["window"] in (1, 2, 3, 5, 8)
+    assert (
+        results["popularity"].test.users
+        == split.num_users - split.stats["test_targets_outside_universe"]
+    )
