@@ -1,0 +1,1 @@
+"""The quantization benchmark (`pocketrec bench`)."""

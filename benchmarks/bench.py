@@ -1,0 +1,321 @@
+"""The quantization benchmark: size × accuracy × latency for every compression recipe.
+
+`pocketrec bench --data PATH --out OUT` (or `python benchmarks/bench.py ...`) trains or
+loads the float model, builds every recipe's bundle, and measures each one with the
+on-device runtime in one run on one machine. Writes `results.json`, `results.md` and
+`pareto.png` into OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+QUICK_USERS = 200
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark and how hard.
+
+    Attributes:
+        out: the output folder.
+        recipes: recipe names; None for every recipe.
+        model_dir: a saved training run to reuse instead of training.
+        quick: a small user sample, few epochs and calls (for CI).
+        calls: timed calls per latency figure (after warm-up).
+        epochs: training epochs (None: the training default, or 2 in quick mode).
+        seed: seeds the sample, the training and the recipes.
+    """
+
+    out: Path
+    recipes: Sequence[str] | None = None
+    model_dir: Path | None = None
+    quick: bool = False
+    calls: int = 1000
+    epochs: int | None = None
+    seed: int = 0
+    baselines: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores and library versions of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in (
+        "numpy",
+        "ai-edge-litert",
+        "tensorflow",
+        "tf-keras",
+        "tensorflow-model-optimization",
+    ):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def sample_users(split, count: int, seed: int):
+    """The split restricted to `count` users drawn with `seed` (same item universe)."""
+    from pocketrec.evaluation import Split
+
+    rng = np.random.default_rng(seed)
+    users = np.sort(rng.choice(split.num_users, size=min(count, split.num_users), replace=False))
+    return Split(
+        item_ids=split.item_ids,
+        users=split.users[users],
+        train=[split.train[u] for u in users],
+        valid=split.valid[users],
+        test=split.test[users],
+        item_genres=split.item_genres,
+        genre_names=split.genre_names,
+        titles=split.titles,
+        stats={**split.stats, "sampled_users": len(users)},
+    )
+
+
+def _measure_in_subprocess(bundle: Path, histories: list[list[str]], calls: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
+        json.dump(histories, file)
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pocketrec.benchmarks._measure",
+                str(bundle),
+                file.name,
+                str(calls),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.unlink(file.name)
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring {bundle} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
+    """Runs the benchmark on an interaction log; returns what `results.json` holds."""
+    from pocketrec.compression import RECIPES, compress
+    from pocketrec.evaluation import leave_last_out, run_baselines
+    from pocketrec.training import ModelConfig, TrainConfig, TrainedModel, train
+
+    started = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    split = leave_last_out(interactions)
+    if config.quick:
+        split = sample_users(split, QUICK_USERS, config.seed)
+    names = list(config.recipes) if config.recipes is not None else list(RECIPES)
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:
+        raise ValueError(f"unknown recipes {unknown}; choose from {sorted(RECIPES)}")
+    if "float32" in names:
+        names.remove("float32")
+    names.insert(0, "float32")
+
+    if config.model_dir is not None:
+        trained = TrainedModel.load(config.model_dir)
+    else:
+        train_config = TrainConfig(seed=config.seed, tensorboard_dir=str(out / "tensorboard"))
+        epochs = config.epochs if config.epochs is not None else (2 if config.quick else None)
+        if epochs is not None:
+            train_config.epochs = epochs
+        trained = train(split, ModelConfig(), train_config)
+        trained.save(out / "model")
+
+    histories = [[str(split.item_ids[i]) for i in h[-50:]] for h in split.histories("test")]
+    calls = config.calls if not config.quick else min(config.calls, 200)
+    rows: list[dict[str, Any]] = []
+    for name in tqdm(names, desc="recipes"):
+        result = compress(trained, name, out / "bundles" / name, split=split)
+        bundle, size, test = result.bundle, result.sizes, result.metrics["test"]
+        timing = _measure_in_subprocess(bundle, histories, calls)
+        rows.append(
+            {
+                "variant": name,
+                "kind": "bundle",
+                "model_bytes": size["model"]["raw"],
+                "table_bytes": size["table"]["raw"],
+                "bundle_bytes": size["model"]["raw"] + size["table"]["raw"],
+                "gzip_bytes": size["model"]["gzip"] + size["table"]["gzip"],
+                "hr_at_10": test.hr_at_10,
+                "ndcg_at_10": test.ndcg_at_10,
+                "mrr": test.mrr,
+                "p50_us": timing["recommend"]["p50_us"],
+                "p99_us": timing["recommend"]["p99_us"],
+                "user_tower_p50_us": timing["user_tower"]["p50_us"],
+                "user_tower_p99_us": timing["user_tower"]["p99_us"],
+                "load_ms": timing["load_ms"],
+                "peak_rss_mb": timing["peak_rss_mb"],
+                "tensorflow_loaded_on_device": timing["tensorflow_loaded"],
+                "sparsity": result.sparsity,
+                "gpu_fully_accelerated": result.accelerators.gpu_fully_accelerated,
+                "gpu_source": result.accelerators.gpu_source,
+                "bundle": str(bundle),
+            }
+        )
+    reference = rows[0]
+    for row in rows:
+        for metric in ("hr_at_10", "ndcg_at_10", "mrr"):
+            row[f"{metric}_change"] = (row[metric] - reference[metric]) / reference[metric]
+        row["size_ratio"] = reference["bundle_bytes"] / row["bundle_bytes"]
+        row["gzip_ratio"] = reference["gzip_bytes"] / row["gzip_bytes"]
+
+    if config.baselines:
+        for name, result in run_baselines(split).items():
+            rows.append(
+                {
+                    "variant": name,
+                    "kind": "baseline",
+                    "model_bytes": None,
+                    "table_bytes": None,
+                    "bundle_bytes": None,
+                    "gzip_bytes": None,
+                    "hr_at_10": result.test.hr_at_10,
+                    "ndcg_at_10": result.test.ndcg_at_10,
+                    "mrr": result.test.mrr,
+                    "p50_us": None,
+                    "p99_us": None,
+                    "params": result.params,
+                }
+            )
+    results = {
+        "rows": rows,
+        "machine": machine_info(),
+        "data": {
+            "source": interactions.source,
+            "users": split.num_users,
+            "items": split.num_items,
+            "quick": config.quick,
+        },
+        "seed": config.seed,
+        "calls": calls,
+        "seconds": time.perf_counter() - started,
+    }
+    write_outputs(results, out)
+    return results
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        "| variant | model KiB | table KiB | gzip KiB | × smaller (raw/gzip) | HR@10 | NDCG@10 "
+        "| ΔNDCG | MRR | tower p50 µs | recommend p50/p99 µs | load ms | RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        if row["kind"] == "baseline":
+            lines.append(
+                f"| baseline: {row['variant']} | | | | | {row['hr_at_10']:.4f} | "
+                f"{row['ndcg_at_10']:.4f} | | {row['mrr']:.4f} | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {row['variant']} | {row['model_bytes'] / 1024:.1f} | "
+            f"{row['table_bytes'] / 1024:.1f} | {row['gzip_bytes'] / 1024:.1f} | "
+            f"{row['size_ratio']:.2f} / {row['gzip_ratio']:.2f} | {row['hr_at_10']:.4f} | "
+            f"{row['ndcg_at_10']:.4f} | {100 * row['ndcg_at_10_change']:+.1f}% | "
+            f"{row['mrr']:.4f} | {row['user_tower_p50_us']:.0f} | "
+            f"{row['p50_us']:.0f} / {row['p99_us']:.0f} | {row['load_ms']:.1f} | "
+            f"{row['peak_rss_mb']:.0f} |"
+        )
+    machine = results["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    lines += [
+        "",
+        f"{results['data']['source']}: {results['data']['users']:,} users, "
+        f"{results['data']['items']:,} items; test split of the temporal leave-last-out "
+        f"protocol, full ranking. Latency: {results['calls']} calls after warm-up, 1 thread, "
+        f"{machine['cpu']} ({machine['cores']} cores); {versions}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    from pocketrec.benchmarks._plot import pareto_plot
+
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(results_markdown(results))
+    pareto_plot(
+        results["rows"],
+        out / "pareto.png",
+        title=f"pocketrec variants on {Path(results['data']['source']).name or 'data'}",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pocketrec.data import add_data_arguments
+
+    add_data_arguments(parser, required=True)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--model", help="reuse a saved training run instead of training")
+    parser.add_argument("--recipes", nargs="+", help="recipes to build (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a small sample, for CI")
+    parser.add_argument("--calls", type=int, default=1000, help="timed calls per figure")
+    parser.add_argument("--epochs", type=int, help="training epochs")
+    parser.add_argument("--no-baselines", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pocketrec.data import load_from_args
+
+    results = run_benchmark(
+        load_from_args(args),
+        BenchConfig(
+            out=Path(args.out),
+            recipes=args.recipes,
+            model_dir=Path(args.model) if args.model else None,
+            quick=args.quick,
+            calls=args.calls,
+            epochs=args.epochs,
+            seed=args.seed,
+            baselines=not args.no_baselines,
+        ),
+    )
+    print(results_markdown(results))
+    print(f"wrote {args.out}/results.json, results.md, pareto.png")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
