@@ -1,0 +1,221 @@
+"""Dual encoder, training loop, save/load and export, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _training_fixtures import (
+    DIM,
+    HISTORY_LENGTH,
+    random_inputs,
+    tiny_model_config,
+    tiny_split,
+    tiny_train_config,
+)
+
+from pocketrec.errors import DataError
+from pocketrec.evaluation import Popularity, evaluate
+from pocketrec.sdk import Recommender, encode_histories, read_manifest
+from pocketrec.training import (
+    ModelConfig,
+    TrainConfig,
+    TrainedModel,
+    build_item_tower,
+    build_sequence_encoder,
+    build_user_tower,
+    export_bundle,
+    make_windows,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def tensorboard_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tensorboard")
+
+
+@pytest.fixture(scope="module")
+def trained(tensorboard_dir: Path) -> TrainedModel:
+    """One tiny model for the module: 6 epochs, patience 2."""
+    config = tiny_train_config(epochs=6, patience=2, tensorboard_dir=str(tensorboard_dir))
+    return train(tiny_split(), tiny_model_config(), config)
+
+
+def test_windows_right_align_each_input_with_the_item_that_follows_it() -> None:
+    sequence = np.arange(10, 18, dtype=np.int32)  # 8 items: 7 (input, next) pairs
+    items, targets = make_windows([sequence, np.array([5, 6, 7], np.int32)], length=4, stride=2)
+    # Windows end at the newest input and every 2 inputs before it, until one reaches the
+    # oldest input; the short sequence is padded on the left.
+    np.testing.assert_array_equal(
+        items, [[13, 14, 15, 16], [11, 12, 13, 14], [0, 10, 11, 12], [0, 0, 5, 6]]
+    )
+    np.testing.assert_array_equal(
+        targets, [[14, 15, 16, 17], [12, 13, 14, 15], [-1, 11, 12, 13], [-1, -1, 6, 7]]
+    )
+
+
+def test_windows_skip_sequences_without_a_next_item() -> None:
+    items, targets = make_windows([np.array([3], np.int32)], length=4, stride=4)
+    assert items.shape == targets.shape == (0, 4)
+
+
+def test_config_rejects_heads_that_do_not_divide_the_dimension() -> None:
+    with pytest.raises(ValueError, match="num_heads"):
+        ModelConfig(embedding_dim=10, num_heads=3)
+
+
+def test_train_config_rejects_unknown_loss() -> None:
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(loss="hinge").validate()
+
+
+@pytest.mark.parametrize("encoder", ["attention", "mean", "gru"])
+def test_user_tower_gives_finite_vectors_for_empty_histories(encoder: str) -> None:
+    tower = build_user_tower(tiny_model_config(encoder=encoder))
+    history = np.zeros((3, HISTORY_LENGTH, DIM), np.float32)
+    mask = np.zeros((3, HISTORY_LENGTH), np.float32)
+    vectors = np.asarray(tower({"history": history, "mask": mask}))
+    assert vectors.shape == (3, DIM)
+    assert np.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize("encoder", ["attention", "mean", "gru"])
+def test_encoder_output_at_a_position_ignores_later_items(encoder: str) -> None:
+    encoder_model = build_sequence_encoder(tiny_model_config(encoder=encoder))
+    history, mask = random_inputs(4, HISTORY_LENGTH, DIM)
+    mask[:] = 1.0
+    changed = history.copy()
+    changed[:, 5:] += 1.0
+    before = np.asarray(encoder_model({"history": history, "mask": mask}))
+    after = np.asarray(encoder_model({"history": changed, "mask": mask}))
+    np.testing.assert_allclose(before[:, :5], after[:, :5], atol=1e-5)
+    assert not np.allclose(before[:, 5:], after[:, 5:])
+
+
+def test_attention_user_vector_ignores_padding_rows() -> None:
+    tower = build_user_tower(tiny_model_config())
+    history, mask = random_inputs(HISTORY_LENGTH + 1, HISTORY_LENGTH, DIM)
+    noisy = history + (1.0 - mask)[:, :, None] * 5.0
+    np.testing.assert_allclose(
+        np.asarray(tower({"history": history, "mask": mask})),
+        np.asarray(tower({"history": noisy, "mask": mask})),
+        atol=1e-4,
+    )
+
+
+def test_item_tower_adds_genres_only_when_asked() -> None:
+    split = tiny_split()
+    with_genres = build_item_tower(split.num_items, tiny_model_config(), split.item_genres)
+    without = build_item_tower(
+        split.num_items, tiny_model_config(use_genres=False), split.item_genres
+    )
+    assert "genre_projection" in [layer.name for layer in with_genres.layers]
+    assert "genre_projection" not in [layer.name for layer in without.layers]
+    assert with_genres(np.arange(4, dtype=np.int32)).shape == (4, DIM)
+
+
+def test_trained_model_scores_every_item_from_the_float32_table(trained: TrainedModel) -> None:
+    split = tiny_split()
+    histories = split.histories("valid")[:5]
+    vectors = trained.item_vectors()
+    assert vectors.shape == (split.num_items, DIM) and vectors.dtype == np.float32
+    history, mask = encode_histories(trained.item_table(), histories, HISTORY_LENGTH)
+    users = np.asarray(trained.user_tower({"history": history, "mask": mask}))
+    scores = trained.score(histories)
+    assert scores.shape == (5, split.num_items) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, users @ vectors.T, rtol=1e-5, atol=1e-5)
+
+
+def test_training_learns_more_than_popularity(trained: TrainedModel) -> None:
+    split = tiny_split()
+    popularity = Popularity()
+    popularity.fit(split)
+    model = evaluate(trained.score, split, "valid").ndcg_at_10
+    assert model > evaluate(popularity.score, split, "valid").ndcg_at_10
+
+
+def test_training_keeps_the_best_validation_epoch(trained: TrainedModel) -> None:
+    history = trained.history
+    best = int(np.argmax([record["valid/ndcg@10"] for record in history]))
+    assert trained.best_epoch == history[best]["epoch"]
+    restored = evaluate(trained.score, tiny_split(), "valid").ndcg_at_10
+    assert restored == pytest.approx(history[best]["valid/ndcg@10"], abs=1e-9)
+    # Stopped after `patience` epochs without improvement, or at the last epoch.
+    assert len(history) == 6 or len(history) == trained.best_epoch + 2
+
+
+def test_training_writes_tensorboard_scalars(trained: TrainedModel, tensorboard_dir: Path) -> None:
+    import tensorflow as tf
+
+    files = list(tensorboard_dir.glob("events.out.tfevents.*"))
+    assert files
+    tags: dict[str, list[int]] = {}
+    for file in files:
+        for event in tf.compat.v1.train.summary_iterator(str(file)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    assert tags["train/loss"] == [record["epoch"] for record in trained.history]
+    assert "valid/ndcg@10" in tags and "valid/hr@10" in tags
+
+
+def test_same_seed_gives_same_weights_and_another_seed_does_not() -> None:
+    split = tiny_split()
+
+    def weights(seed: int) -> list[np.ndarray]:
+        model = train(split, tiny_model_config(), tiny_train_config(epochs=1, seed=seed))
+        return model.item_tower.get_weights() + model.encoder.get_weights()
+
+    first, again, other = weights(3), weights(3), weights(4)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_small_catalog_uses_full_softmax_and_large_one_in_batch_softmax() -> None:
+    split = tiny_split()
+    full = train(split, tiny_model_config(), tiny_train_config(epochs=1))
+    sampled = train(
+        split, tiny_model_config(), tiny_train_config(epochs=1, full_softmax_max_items=10)
+    )
+    assert full.train_config["softmax"] == "full"
+    assert sampled.train_config["softmax"] == "sampled"
+    assert np.isfinite(sampled.history[0]["train/loss"])
+    assert np.isfinite(sampled.score(split.histories("valid")[:3])).all()
+
+
+def test_save_and_load_give_the_same_scores(trained: TrainedModel, tmp_path: Path) -> None:
+    histories = tiny_split().histories("test")[:7]
+    loaded = TrainedModel.load(trained.save(tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.score(histories), trained.score(histories))
+    assert loaded.config == trained.config
+    assert loaded.history == trained.history
+    assert loaded.item_ids.tolist() == trained.item_ids.tolist()
+    assert loaded.titles == trained.titles
+
+
+def test_load_refuses_a_directory_without_a_model(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not a saved pocketrec model"):
+        TrainedModel.load(tmp_path)
+
+
+def test_exported_bundle_scores_like_the_trained_model(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    split = tiny_split()
+    bundle = export_bundle(trained, tmp_path / "bundle", split=split)
+    histories = split.histories("test")
+    with Recommender.open(bundle) as recommender:
+        np.testing.assert_allclose(
+            recommender.score_rows(histories), trained.score(histories), atol=1e-4
+        )
+    manifest = read_manifest(bundle)
+    assert manifest["history_length"] == HISTORY_LENGTH
+    assert manifest["table"]["dtype"] == "float32"
+    assert manifest["metrics"]["valid"]["ndcg@10"] == pytest.approx(
+        max(record["valid/ndcg@10"] for record in trained.history)
+    )
+    items = json.loads((bundle / "items.json").read_text())
+    assert "genre" in json.dumps(items)

@@ -1,0 +1,59 @@
+"""`pocketrec train` and `pocketrec export` from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pocketrec.cli import main
+
+
+def test_training_cli_module_does_not_import_tensorflow() -> None:
+    code = (
+        "import sys, argparse, pocketrec.training._cli as cli\n"
+        "cli.register(argparse.ArgumentParser().add_subparsers())\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_commands_have_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--out" in capsys.readouterr().out
+
+
+def test_train_then_export_writes_a_bundle_the_sdk_opens(tmp_path: Path) -> None:
+    from pocketrec.sdk import Recommender
+    from pocketrec.training import TrainedModel
+
+    run = tmp_path / "run"
+    args = ["train", "--synthetic", "60", "--synthetic-items", "40", "--out", str(run)]
+    args += ["--epochs", "1", "--dim", "8", "--history-length", "6", "--quiet"]
+    assert main([*args, "--no-baselines"]) == 0
+    assert (run / "model" / "model.json").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"valid", "test"}
+
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "bundle")]) == 0
+    trained = TrainedModel.load(run / "model")
+    histories = [np.array([0, 1, 2], np.int32), np.array([], np.int32)]
+    with Recommender.open(tmp_path / "bundle") as recommender:
+        assert recommender.manifest["metrics"]["test"] == metrics["test"]
+        np.testing.assert_allclose(
+            recommender.score_rows(histories), trained.score(histories), atol=1e-4
+        )
+
+
+def test_export_reports_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--model", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert "not a saved pocketrec model" in capsys.readouterr().err

@@ -1,0 +1,209 @@
+"""`TrainedModel`: the two towers of a training run, their config, and the item metadata."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from pocketrec.errors import DataError
+from pocketrec.evaluation import ScoreFn
+from pocketrec.sdk import ItemTable, encode_histories
+from pocketrec.training.model import (
+    ModelConfig,
+    build_item_tower,
+    build_sequence_encoder,
+    user_tower_from_encoder,
+)
+
+FORMAT = "pocketrec-trained-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "model.json"
+WEIGHTS_FILE = "weights.npz"
+ITEMS_FILE = "items.npz"
+# Users per user-tower call when scoring: bounds the [B, L, D] input and [B, N] scores.
+_SCORE_BATCH = 512
+# Items per item-tower call when building the table.
+_ITEM_BATCH = 65_536
+
+
+class TrainedModel:
+    """A trained dual encoder and what is needed to ship it.
+
+    Attributes:
+        item_tower: tf_keras model, ``item`` int32 ``[B]`` -> float32 ``[B, D]``.
+        encoder: tf_keras model, ``history`` ``[B, L, D]``, ``mask`` ``[B, L]`` -> the
+            output at every position ``[B, L, D]`` (what training fits).
+        user_tower: the encoder's last position, ``[B, D]``; shares the encoder's layers.
+        config: the `ModelConfig` the towers were built from.
+        item_ids: str ``[N]``, external id of each item row.
+        item_genres: float32 ``[N, G]`` genre multi-hot; ``genre_names`` names the columns.
+        titles: title of each item row (None where unknown).
+        history: one dict per epoch (``train/loss``, ``valid/ndcg@10``, ...).
+        best_epoch: the epoch whose weights were kept (0 when unknown).
+        train_config: the `TrainConfig` as a dict, plus ``"softmax"``: ``"full"`` or
+            ``"sampled"``, the loss that was used.
+    """
+
+    def __init__(
+        self,
+        item_tower: tf_keras.Model,
+        encoder: tf_keras.Model,
+        config: ModelConfig,
+        *,
+        item_ids: Sequence[str] | np.ndarray,
+        item_genres: np.ndarray | None = None,
+        genre_names: Sequence[str] = (),
+        titles: Sequence[str | None] | None = None,
+        history: list[dict[str, float]] | None = None,
+        best_epoch: int = 0,
+        train_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.item_tower = item_tower
+        self.encoder = encoder
+        self.user_tower = user_tower_from_encoder(encoder)
+        self.config = config
+        self.item_ids = np.asarray([str(i) for i in item_ids])
+        num_items = len(self.item_ids)
+        self.item_genres = (
+            np.zeros((num_items, 0), np.float32)
+            if item_genres is None
+            else np.asarray(item_genres, dtype=np.float32)
+        )
+        self.genre_names = list(genre_names)
+        self.titles = list(titles) if titles is not None else [None] * num_items
+        if self.item_genres.shape[0] != num_items or len(self.titles) != num_items:
+            raise ValueError(
+                f"expected item_genres and titles with one row per item ({num_items}), got "
+                f"{self.item_genres.shape[0]} and {len(self.titles)}"
+            )
+        self.history = list(history or [])
+        self.best_epoch = best_epoch
+        self.train_config = dict(train_config or {})
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    def item_vectors(self) -> np.ndarray:
+        """float32 ``[N, D]``: the item tower's output for every item row."""
+        rows = [
+            self.item_tower(
+                tf.range(start, min(start + _ITEM_BATCH, self.num_items)), training=False
+            ).numpy()
+            for start in range(0, self.num_items, _ITEM_BATCH)
+        ]
+        return np.concatenate(rows).astype(np.float32, copy=False)
+
+    def item_table(self) -> ItemTable:
+        """The float32 `ItemTable` of `item_vectors`, as a bundle ships it before compression."""
+        return ItemTable.quantize(self.item_vectors(), "float32")
+
+    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Scores float32 ``[B, N]`` of every item for ``B`` histories of item rows.
+
+        History vectors come from the float32 item table through
+        `pocketrec.sdk.encode_histories`, the function the device uses.
+        """
+        return self.score_fn()(histories)
+
+    def score_fn(self) -> ScoreFn:
+        """A ``score`` that reuses one snapshot of the item table (for many calls)."""
+        table = self.item_table()
+        vectors = table.dequantized()
+        length = self.config.history_length
+
+        def score(histories: Sequence[np.ndarray]) -> np.ndarray:
+            out = np.empty((len(histories), table.num_items), dtype=np.float32)
+            for start in range(0, len(histories), _SCORE_BATCH):
+                chunk = histories[start : start + _SCORE_BATCH]
+                history, mask = encode_histories(table, chunk, length)
+                users = self.user_tower({"history": history, "mask": mask}, training=False)
+                out[start : start + len(chunk)] = np.asarray(users) @ vectors.T
+            return out
+
+        return score
+
+    def save(self, directory: str | Path) -> Path:
+        """Writes config, weights and item metadata into ``directory`` (created if needed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {f"item_tower/{i}": w for i, w in enumerate(self.item_tower.get_weights())}
+        weights.update({f"encoder/{i}": w for i, w in enumerate(self.encoder.get_weights())})
+        np.savez(directory / WEIGHTS_FILE, **weights)
+        np.savez(directory / ITEMS_FILE, item_ids=self.item_ids, item_genres=self.item_genres)
+        document = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_config": self.config.to_dict(),
+            "train_config": self.train_config,
+            "num_items": self.num_items,
+            "genre_names": self.genre_names,
+            "titles": self.titles,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2), encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TrainedModel:
+        """Rebuilds the towers from a `save` directory and loads their weights.
+
+        Raises:
+            DataError: the directory is missing, incomplete, or from another format.
+        """
+        directory = Path(directory)
+        missing = [
+            name
+            for name in (CONFIG_FILE, WEIGHTS_FILE, ITEMS_FILE)
+            if not (directory / name).is_file()
+        ]
+        if missing:
+            raise DataError(
+                f"{directory} is not a saved pocketrec model: missing {missing}. Pass the "
+                "directory written by TrainedModel.save (`pocketrec train --out RUN_DIR` "
+                "saves it as RUN_DIR/model)"
+            )
+        document = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        if document.get("format") != FORMAT or document.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"expected {CONFIG_FILE} of format {FORMAT!r} version {FORMAT_VERSION}, got "
+                f"{document.get('format')!r} version {document.get('format_version')!r}"
+            )
+        config = ModelConfig.from_dict(document["model_config"])
+        with np.load(directory / ITEMS_FILE) as items:
+            item_ids, item_genres = items["item_ids"], items["item_genres"]
+        with np.load(directory / WEIGHTS_FILE) as stored:
+            weights = {name: stored[name] for name in stored.files}
+        item_tower = build_item_tower(len(item_ids), config, item_genres)
+        encoder = build_sequence_encoder(config)
+        for prefix, model in (("item_tower", item_tower), ("encoder", encoder)):
+            try:
+                model.set_weights([weights[f"{prefix}/{i}"] for i in range(len(model.weights))])
+            except (KeyError, ValueError) as error:
+                raise DataError(
+                    f"the weights in {directory / WEIGHTS_FILE} do not fit the {prefix} "
+                    f"built from {CONFIG_FILE}: {error}"
+                ) from error
+        return cls(
+            item_tower,
+            encoder,
+            config,
+            item_ids=item_ids,
+            item_genres=item_genres,
+            genre_names=document["genre_names"],
+            titles=document["titles"],
+            history=document["history"],
+            best_epoch=document["best_epoch"],
+            train_config=document["train_config"],
+        )

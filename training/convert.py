@@ -1,0 +1,181 @@
+"""Convert a user tower to a LiteRT (TFLite) flatbuffer with the bundle's signature.
+
+The flatbuffer has one signature, ``user_vector``, with float32 inputs ``history``
+``[B, L, D]`` and ``mask`` ``[B, L]`` and the float32 output ``user_vector`` ``[B, D]``
+(``B`` dynamic unless fixed), whatever the quantization: the SDK always feeds and reads
+floats.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from pocketrec.errors import CompressionError
+
+SIGNATURE_KEY = "user_vector"
+HISTORY_INPUT = "history"
+MASK_INPUT = "mask"
+OUTPUT_NAME = "user_vector"
+QUANTIZATIONS = ("float32", "dynamic", "float16", "int8")
+
+RepresentativeData = Callable[[], Iterable[dict[str, np.ndarray]]]
+
+
+def user_tower_shape(user_tower: tf_keras.Model) -> tuple[int, int]:
+    """The ``(history_length, embedding_dim)`` of a user tower's ``history`` input.
+
+    Raises ``ValueError`` when the model lacks the ``history``/``mask`` inputs of the
+    model contract (docs/architecture.md).
+    """
+    inputs = {tensor.name.split(":")[0]: tensor for tensor in user_tower.inputs}
+    if set(inputs) != {HISTORY_INPUT, MASK_INPUT}:
+        raise ValueError(
+            f"expected a user tower with inputs {HISTORY_INPUT!r} [B, L, D] and "
+            f"{MASK_INPUT!r} [B, L], got inputs {sorted(inputs)}; build it with "
+            "pocketrec.training.build_user_tower"
+        )
+    shape = inputs[HISTORY_INPUT].shape
+    if len(shape) != 3 or shape[1] is None or shape[2] is None:
+        raise ValueError(
+            f"expected the {HISTORY_INPUT!r} input to have shape [None, L, D] with fixed "
+            f"L and D, got {list(shape)}"
+        )
+    return int(shape[1]), int(shape[2])
+
+
+def to_tflite(
+    user_tower: tf_keras.Model,
+    *,
+    quantization: str = "float32",
+    representative_data: RepresentativeData | None = None,
+    batch_size: int | None = None,
+) -> bytes:
+    """Convert ``user_tower`` to a TFLite flatbuffer with signature ``user_vector``.
+
+    Args:
+        user_tower: functional tf_keras model, inputs ``history`` float32 ``[B, L, D]``
+            and ``mask`` float32 ``[B, L]``, output float32 ``[B, D]``.
+        quantization: ``"float32"`` (no optimization), ``"dynamic"`` (int8 weights,
+            float activations), ``"float16"`` (float16 weights) or ``"int8"`` (full
+            integer kernels calibrated on ``representative_data``; inputs and outputs
+            stay float32).
+        representative_data: for ``"int8"`` only, a callable returning an iterable of
+            ``{"history": float32 [1, L, D], "mask": float32 [1, L]}`` samples.
+        batch_size: fixes the batch dimension (e.g. 1, which GPU delegates prefer); None
+            keeps it dynamic (the SDK resizes the inputs per call).
+
+    Returns:
+        The flatbuffer bytes.
+
+    Raises:
+        ValueError: unknown ``quantization``, missing or unexpected representative data,
+            or a model without the contract's inputs.
+        CompressionError: the converter failed; its message is kept.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"expected quantization in {QUANTIZATIONS}, got {quantization!r}")
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "quantization='int8' calibrates activations and needs representative_data: "
+            "a callable returning dicts {'history': [1, L, D], 'mask': [1, L]}"
+        )
+    if quantization != "int8" and representative_data is not None:
+        raise ValueError(
+            f"representative_data is only used by quantization='int8', got "
+            f"quantization={quantization!r}; drop representative_data or use 'int8'"
+        )
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1 or None, got {batch_size}")
+    length, dim = user_tower_shape(user_tower)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([batch_size, length, dim], tf.float32, name=HISTORY_INPUT),
+            tf.TensorSpec([batch_size, length], tf.float32, name=MASK_INPUT),
+        ]
+    )
+    def user_vector(history: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = user_tower({HISTORY_INPUT: history, MASK_INPUT: mask}, training=False)
+        return {OUTPUT_NAME: outputs}
+
+    # The module tracks the variables only, not the Keras model: saving a Keras model
+    # traces every layer for Keras's own SavedModel metadata, which doubles the time.
+    module = tf.Module()
+    module.variables_ = list(user_tower.variables)
+    module.user_vector = user_vector
+    with tempfile.TemporaryDirectory(prefix="pocketrec-tflite-") as saved_dir:
+        try:
+            tf.saved_model.save(module, saved_dir, signatures={SIGNATURE_KEY: user_vector})
+            converter = tf.lite.TFLiteConverter.from_saved_model(
+                saved_dir, signature_keys=[SIGNATURE_KEY]
+            )
+            _configure(converter, quantization, representative_data, length, dim)
+            with warnings.catch_warnings():
+                # int8 calibration runs the converter's own (deprecated) tf.lite.Interpreter.
+                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+                return bytes(converter.convert())
+        except CompressionError:
+            raise
+        except Exception as error:  # the converter raises many unrelated types
+            raise CompressionError(
+                f"TFLite conversion with quantization={quantization!r} failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+
+def _configure(
+    converter: tf.lite.TFLiteConverter,
+    quantization: str,
+    representative_data: RepresentativeData | None,
+    length: int,
+    dim: int,
+) -> None:
+    if quantization == "float32":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        assert representative_data is not None
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.representative_dataset = lambda: _checked_samples(
+            representative_data, length, dim
+        )
+
+
+def _checked_samples(
+    representative_data: RepresentativeData, length: int, dim: int
+) -> Iterator[dict[str, np.ndarray]]:
+    expected = {HISTORY_INPUT: (length, dim), MASK_INPUT: (length,)}
+    count = 0
+    for sample in representative_data():
+        if set(sample) != set(expected):
+            raise CompressionError(
+                f"expected representative samples with keys {sorted(expected)}, got "
+                f"{sorted(sample)}"
+            )
+        checked = {}
+        for name, tail in expected.items():
+            array = np.asarray(sample[name], dtype=np.float32)
+            if array.ndim == len(tail):
+                array = array[None]
+            if array.shape[1:] != tail:
+                raise CompressionError(
+                    f"expected representative {name!r} of shape [B, {', '.join(map(str, tail))}]"
+                    f", got {list(array.shape)}"
+                )
+            checked[name] = array
+        count += 1
+        yield checked
+    if count == 0:
+        raise CompressionError("representative_data yielded no samples; give at least one")

@@ -1,0 +1,94 @@
+"""Export a trained model as an uncompressed (float32) bundle for the SDK."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pocketrec.evaluation import Split
+from pocketrec.sdk import write_bundle
+from pocketrec.training._trained import TrainedModel
+from pocketrec.training.convert import to_tflite
+
+
+def items_metadata(
+    trained: TrainedModel, split: Split | None = None
+) -> list[dict[str, Any]] | None:
+    """Per item ``{"title": str | None, "genres": [str, ...]}``, or None when nothing is known.
+
+    Titles and genres come from ``split`` when given (it must have the model's items), else
+    from what the model kept of its training split.
+    """
+    titles, genres, names = trained.titles, trained.item_genres, trained.genre_names
+    if split is not None:
+        if list(split.item_ids) != trained.item_ids.tolist():
+            raise ValueError(
+                f"expected a split with the model's {trained.num_items} items in the same "
+                f"order, got one with {split.num_items} items; pass the split the model was "
+                "trained on"
+            )
+        titles, genres, names = split.titles, split.item_genres, split.genre_names
+    if all(title is None for title in titles) and not genres.any():
+        return None
+    return [
+        {"title": title, "genres": [names[g] for g in row.nonzero()[0]]}
+        for title, row in zip(titles, genres, strict=True)
+    ]
+
+
+def export_bundle(
+    trained: TrainedModel,
+    out_dir: str | Path,
+    *,
+    split: Split | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    model_version: str | None = None,
+) -> Path:
+    """Writes ``trained`` as a float32 bundle (user tower ``.tflite`` + float32 item table).
+
+    Args:
+        trained: the model to ship.
+        out_dir: the bundle directory (replaced if it already holds a bundle).
+        split: the split it was trained on, for item titles and genres (default: the
+            metadata saved with the model).
+        metrics: recorded in the manifest (default: the best epoch's validation metrics).
+        model_version: free text for the manifest (default: derived from the model bytes).
+
+    Returns:
+        The bundle directory.
+    """
+    model = to_tflite(trained.user_tower, quantization="float32")
+    if metrics is None:
+        metrics = _best_valid_metrics(trained)
+    return write_bundle(
+        out_dir,
+        model=model,
+        table=trained.item_table(),
+        item_ids=trained.item_ids.tolist(),
+        history_length=trained.config.history_length,
+        items_metadata=items_metadata(trained, split),
+        model_version=model_version,
+        metrics=metrics,
+        recipe="float32",
+        quantization="float32",
+        accelerator="cpu",
+        extra={"model_config": trained.config.to_dict(), "best_epoch": trained.best_epoch},
+    )
+
+
+def _best_valid_metrics(trained: TrainedModel) -> dict[str, Any]:
+    for record in trained.history:
+        if record.get("epoch") == trained.best_epoch:
+            return {
+                "valid": {
+                    name.removeprefix("valid/"): value
+                    for name, value in record.items()
+                    if name.startswith("valid/")
+                }
+            }
+    return {}

@@ -1,0 +1,263 @@
+"""The tf_keras dual encoder: an item tower and a user tower (docs/architecture.md).
+
+The item tower maps an item index (and the item's genre multi-hot) to an item vector
+``[D]``; the table of all item vectors is what the SDK ships. The user tower reads the item
+vectors of the last ``L`` history items, right-aligned with zero padding, and returns the
+user vector ``[D]``; the score of item ``i`` is ``dot(user_vector, item_table[i])``.
+
+The user tower is built from plain Keras layers (``Dense``, ``LayerNormalization``,
+``Dropout``) and float tensor ops so that tfmot can prune, cluster and quantize it and the
+LiteRT GPU delegate runs it: no bool tensors, no recurrent ops by default.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+ENCODERS = ("attention", "mean", "gru")
+
+# Added to the attention logits of masked keys: their weight shrinks by e^-30 (nothing at
+# float precision). A larger constant would also work in float16, but it would stretch the
+# int8 range of the logits and flatten every real logit to one value.
+_MASKED_LOGIT = -30.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and kind of the dual encoder.
+
+    Attributes:
+        embedding_dim: D, the size of item and user vectors.
+        history_length: L, the number of most recent history items the user tower reads.
+        encoder: ``"attention"`` (causal self-attention blocks with learned positions,
+            SASRec-like), ``"mean"`` (masked mean and a dense layer) or ``"gru"``.
+        num_blocks: self-attention blocks (``"attention"`` only).
+        num_heads: attention heads; must divide ``embedding_dim``.
+        ffn_dim: width of the feed-forward layer of each block (at most ``2 * D`` keeps
+            the user tower far smaller than the item table).
+        dropout: dropout rate of the user tower during training.
+        use_genres: add a dense projection of the genre multi-hot to each item vector when
+            the data has genres.
+    """
+
+    embedding_dim: int = 64
+    history_length: int = 50
+    encoder: str = "attention"
+    num_blocks: int = 1
+    num_heads: int = 1
+    ffn_dim: int = 128
+    dropout: float = 0.3
+    use_genres: bool = True
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"expected encoder in {ENCODERS}, got {self.encoder!r}")
+        for name in ("embedding_dim", "history_length", "num_blocks", "num_heads", "ffn_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(
+                f"expected num_heads to divide embedding_dim, got num_heads={self.num_heads} "
+                f"and embedding_dim={self.embedding_dim}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"expected 0 <= dropout < 1, got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready values."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Rebuild a config from :meth:`to_dict` output; unknown keys are refused."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown ModelConfig keys {unknown}; expected some of {sorted(known)}"
+            )
+        return cls(**values)
+
+
+@tf_keras.saving.register_keras_serializable(package="pocketrec")
+class SequenceEmbedding(tf_keras.layers.Layer):
+    """Input rows of the attention encoder: ``[B, L, D]`` history and ``[B, L]`` mask.
+
+    Real rows are the item vectors scaled by ``sqrt(D)``; padding rows are a learned
+    padding vector instead of zeros. Each row gets a learned position vector (position
+    ``L-1`` is the newest item). Zero rows would give layer norm a zero variance, and its
+    ``rsqrt`` a range that int8 calibration cannot represent.
+    """
+
+    def build(self, input_shape: list[tf.TensorShape]) -> None:
+        length, dim = int(input_shape[0][1]), int(input_shape[0][2])
+        self.positions = self.add_weight(
+            name="positions",
+            shape=(length, dim),
+            initializer=tf_keras.initializers.RandomNormal(stddev=0.05),
+        )
+        self.padding = self.add_weight(
+            name="padding",
+            shape=(dim,),
+            initializer=tf_keras.initializers.RandomNormal(stddev=0.05),
+        )
+        super().build(input_shape)
+
+    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
+        history, mask = inputs
+        keep = mask[:, :, None]
+        scale = math.sqrt(float(history.shape[-1]))
+        return history * (keep * scale) + (1.0 - keep) * self.padding + self.positions
+
+
+def build_item_tower(
+    num_items: int, config: ModelConfig, item_genres: np.ndarray | None = None
+) -> tf_keras.Model:
+    """Item tower: input ``item`` int32 ``[B]`` -> item vectors float32 ``[B, D]``.
+
+    ``item_genres`` (float32 ``[num_items, G]`` multi-hot) is stored in a frozen lookup
+    table, so the tower needs only the item index; it is ignored when
+    ``config.use_genres`` is false or ``G == 0``.
+    """
+    if num_items < 1:
+        raise ValueError(f"expected num_items >= 1, got {num_items}")
+    item = tf_keras.Input(shape=(), dtype=tf.int32, name="item")
+    vector = tf_keras.layers.Embedding(
+        num_items,
+        config.embedding_dim,
+        embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05),
+        name="item_embedding",
+    )(item)
+    if config.use_genres and item_genres is not None and item_genres.shape[1] > 0:
+        genres = np.asarray(item_genres, dtype=np.float32)
+        if genres.shape[0] != num_items:
+            raise ValueError(
+                f"expected item_genres with {num_items} rows (one per item), got {genres.shape[0]}"
+            )
+        multi_hot = tf_keras.layers.Embedding(
+            num_items,
+            genres.shape[1],
+            embeddings_initializer=tf_keras.initializers.Constant(genres),
+            trainable=False,
+            name="item_genres",
+        )(item)
+        vector = vector + tf_keras.layers.Dense(
+            config.embedding_dim, use_bias=False, name="genre_projection"
+        )(multi_hot)
+    return tf_keras.Model(inputs=item, outputs=vector, name="item_tower")
+
+
+def build_sequence_encoder(config: ModelConfig) -> tf_keras.Model:
+    """Sequence encoder: ``history`` ``[B, L, D]``, ``mask`` ``[B, L]`` -> ``[B, L, D]``.
+
+    The output at position ``t`` depends only on positions ``<= t`` (causal), so one pass
+    over a window trains next-item prediction for every prefix. Its last position is the
+    user vector; :func:`user_tower_from_encoder` cuts the user tower out of it.
+    """
+    length, dim = config.history_length, config.embedding_dim
+    history = tf_keras.Input(shape=(length, dim), dtype=tf.float32, name="history")
+    mask = tf_keras.Input(shape=(length,), dtype=tf.float32, name="mask")
+    if config.encoder == "attention":
+        sequence = _attention_encoder(history, mask, config)
+    elif config.encoder == "mean":
+        sequence = _mean_encoder(history, mask, config)
+    else:
+        sequence = _gru_encoder(history, mask, config)
+    return tf_keras.Model(
+        inputs={"history": history, "mask": mask}, outputs=sequence, name="sequence_encoder"
+    )
+
+
+def user_tower_from_encoder(encoder: tf_keras.Model) -> tf_keras.Model:
+    """User tower sharing ``encoder``'s layers: inputs ``history``, ``mask`` -> ``[B, D]``.
+
+    The user vector is the encoder's output at the last (most recent) position.
+    """
+    user_vector = encoder.output[:, -1, :]
+    return tf_keras.Model(inputs=encoder.input, outputs=user_vector, name="user_tower")
+
+
+def build_user_tower(config: ModelConfig) -> tf_keras.Model:
+    """A fresh user tower: ``history`` float32 ``[B, L, D]``, ``mask`` ``[B, L]`` -> ``[B, D]``."""
+    return user_tower_from_encoder(build_sequence_encoder(config))
+
+
+def _causal_mask(length: int) -> np.ndarray:
+    # allowed[t, s] = 1 where key s is not after query t.
+    return np.tril(np.ones((length, length), dtype=np.float32))
+
+
+def _attention_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig) -> tf.Tensor:
+    dim, heads = config.embedding_dim, config.num_heads
+    head_dim = dim // heads
+    x = SequenceEmbedding(name="sequence_embedding")([history, mask])
+    x = tf_keras.layers.Dropout(config.dropout, name="input_dropout")(x)
+    # [B, 1, L, L]: a query may attend to real items that are not newer than itself. A query
+    # with no allowed key (padding, empty history) gets uniform weights instead of NaN.
+    allowed = _causal_mask(config.history_length)[None, None] * mask[:, None, None, :]
+    logit_bias = (1.0 - allowed) * _MASKED_LOGIT
+    for block in range(config.num_blocks):
+        name = f"block{block}"
+        h = tf_keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_attention_norm")(x)
+        query = _split_heads(tf_keras.layers.Dense(dim, name=f"{name}_query")(h), heads)
+        key = _split_heads(tf_keras.layers.Dense(dim, name=f"{name}_key")(h), heads)
+        value = _split_heads(tf_keras.layers.Dense(dim, name=f"{name}_value")(h), heads)
+        logits = tf.matmul(query, key, transpose_b=True) * (1.0 / math.sqrt(head_dim))
+        weights = tf.nn.softmax(logits + logit_bias, axis=-1)
+        attended = _merge_heads(tf.matmul(weights, value), heads, dim)
+        attended = tf_keras.layers.Dense(dim, name=f"{name}_output")(attended)
+        x = x + tf_keras.layers.Dropout(config.dropout, name=f"{name}_attention_dropout")(attended)
+        h = tf_keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ffn_norm")(x)
+        h = tf_keras.layers.Dense(config.ffn_dim, activation="relu", name=f"{name}_ffn_in")(h)
+        h = tf_keras.layers.Dense(dim, name=f"{name}_ffn_out")(h)
+        x = x + tf_keras.layers.Dropout(config.dropout, name=f"{name}_ffn_dropout")(h)
+    return tf_keras.layers.LayerNormalization(epsilon=1e-6, name="output_norm")(x)
+
+
+def _split_heads(x: tf.Tensor, heads: int) -> tf.Tensor:
+    # [B, L, D] -> [B, H, L, D / H]
+    length, dim = int(x.shape[1]), int(x.shape[2])
+    if heads == 1:
+        return x[:, None]
+    x = tf.reshape(x, [-1, length, heads, dim // heads])
+    return tf.transpose(x, [0, 2, 1, 3])
+
+
+def _merge_heads(x: tf.Tensor, heads: int, dim: int) -> tf.Tensor:
+    # [B, H, L, D / H] -> [B, L, D]
+    length = int(x.shape[2])
+    if heads == 1:
+        return x[:, 0]
+    x = tf.transpose(x, [0, 2, 1, 3])
+    return tf.reshape(x, [-1, length, dim])
+
+
+def _mean_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig) -> tf.Tensor:
+    # Causal masked mean as a matmul with a lower-triangular matrix: one float op that the
+    # GPU delegate supports, unlike cumsum.
+    causal = _causal_mask(config.history_length)
+    summed = tf.matmul(causal[None], history * mask[:, :, None])
+    counts = tf.matmul(causal[None], mask[:, :, None])
+    mean = summed / tf.maximum(counts, 1.0)
+    mean = tf_keras.layers.Dropout(config.dropout, name="mean_dropout")(mean)
+    projected = tf_keras.layers.Dense(config.embedding_dim, name="mean_projection")(mean)
+    return tf_keras.layers.LayerNormalization(epsilon=1e-6, name="output_norm")(projected)
+
+
+def _gru_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig) -> tf.Tensor:
+    # Right alignment puts padding first, so the GRU runs over zero rows before the real
+    # items and needs no Keras mask (a bool mask breaks the GPU delegate).
+    x = tf_keras.layers.Dropout(config.dropout, name="gru_dropout")(history * mask[:, :, None])
+    x = tf_keras.layers.GRU(config.embedding_dim, return_sequences=True, unroll=True, name="gru")(x)
+    return tf_keras.layers.LayerNormalization(epsilon=1e-6, name="output_norm")(x)
