@@ -1,0 +1,103 @@
+"""Weight clustering (tfmot ``cluster_weights``): each kernel keeps N distinct values."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+import tf_keras
+
+from pocketrec.compression._configs import ClusteringConfig, FineTuneConfig
+from pocketrec.compression._parts import (
+    ITEM_TABLE_LAYER,
+    ModelParts,
+    copy_weights,
+    fine_tune,
+    item_table_layer,
+    private_copy,
+    rewrap,
+)
+from pocketrec.errors import CompressionError
+from pocketrec.evaluation import Split
+
+# Layer types whose kernels tfmot clusters (its ClusteringRegistry), and the weights counted.
+CLUSTERABLE_LAYERS: dict[type, tuple[str, ...]] = {
+    tf_keras.layers.Dense: ("kernel",),
+    tf_keras.layers.Embedding: ("embeddings",),
+    tf_keras.layers.Conv1D: ("kernel",),
+}
+
+
+def cluster(
+    parts: ModelParts,
+    config: ClusteringConfig,
+    split: Split,
+    fine_tune_config: FineTuneConfig | None = None,
+) -> ModelParts:
+    """Clusters the user tower's kernels (and the item table) while fine-tuning on ``split``.
+
+    Returns new parts with ``strip_clustering`` applied: plain layers whose clustered
+    weights hold at most ``config.num_clusters`` distinct values each.
+
+    Raises:
+        CompressionError: a layer cannot be rebuilt, or a clustered weight ends with more
+            distinct values than asked.
+    """
+    fine_tune_config = fine_tune_config or FineTuneConfig()
+    options = {
+        "number_of_clusters": config.num_clusters,
+        "cluster_centroids_init": tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS,
+    }
+
+    def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
+        if _clusterable(layer, config.min_weights):
+            return tfmot.clustering.keras.cluster_weights(layer, **options)
+        return layer
+
+    network = rewrap(private_copy(parts.network), wrap)
+    table = item_table_layer(parts, trainable=config.cluster_item_table)
+    if config.cluster_item_table:
+        table = tfmot.clustering.keras.cluster_weights(table, **options)
+    model = fine_tune(parts, network, table, split, fine_tune_config)
+    stripped = tfmot.clustering.keras.strip_clustering(model)
+    clustered_network = private_copy(parts.network)
+    copy_weights(stripped.get_layer(network.name), clustered_network)
+    clustered = parts.with_step(
+        f"cluster({config.num_clusters})",
+        clustered_network,
+        stripped.get_layer(ITEM_TABLE_LAYER).get_weights()[0].astype(np.float32),
+    )
+    counts = unique_weight_counts(clustered, config.min_weights)
+    if not config.cluster_item_table:
+        counts.pop(ITEM_TABLE_LAYER)
+    over = {name: n for name, n in counts.items() if n > config.num_clusters}
+    if over:
+        listed = ", ".join(f"{name} {n}" for name, n in sorted(over.items()))
+        raise CompressionError(
+            f"clustering left more than {config.num_clusters} distinct values in {listed}; "
+            "this is a tfmot bug or the weights were changed after strip_clustering"
+        )
+    return clustered
+
+
+def unique_weight_counts(parts: ModelParts, min_weights: int = 256) -> dict[str, int]:
+    """Distinct values per clusterable weight (``layer/weight``) and of the item table."""
+    counts: dict[str, int] = {}
+    for layer in parts.network.layers:
+        if not _clusterable(layer, min_weights):
+            continue
+        suffixes = CLUSTERABLE_LAYERS[type(layer)]
+        for weight in layer.weights:
+            short = weight.name.split("/")[-1].split(":")[0]
+            if short in suffixes:
+                counts[f"{layer.name}/{short}"] = int(np.unique(weight.numpy()).size)
+    counts[ITEM_TABLE_LAYER] = int(np.unique(np.asarray(parts.item_vectors)).size)
+    return counts
+
+
+def _clusterable(layer: tf_keras.layers.Layer, min_weights: int) -> bool:
+    return type(layer) in CLUSTERABLE_LAYERS and layer.count_params() >= min_weights

@@ -1,0 +1,254 @@
+"""`compress`: a trained model and a recipe in, a measured bundle out."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pocketrec.compression._accelerators import AcceleratorReport, accelerator_coverage
+from pocketrec.compression._cluster import cluster, unique_weight_counts
+from pocketrec.compression._inspect import ModelInfo, inspect_model
+from pocketrec.compression._parts import ModelParts
+from pocketrec.compression._prune import prune, weight_sparsity
+from pocketrec.compression._ptq import (
+    post_training_quantize,
+    quantize_table,
+    representative_histories,
+)
+from pocketrec.compression._qat import quantization_aware
+from pocketrec.compression._recipes import Recipe, get_recipe
+from pocketrec.evaluation import Metrics, Split, evaluate
+from pocketrec.sdk import Recommender, bundle_size, write_bundle
+
+if TYPE_CHECKING:
+    from pocketrec.training import TrainedModel
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """A bundle written by `compress`, with what it cost and what it holds.
+
+    Attributes:
+        recipe: the recipe applied.
+        bundle: the bundle directory.
+        sizes: ``{"model"|"table"|"total": {"raw": bytes, "gzip": bytes}}`` (SDK's
+            ``bundle_size``; gzip per file, level 9).
+        metrics: ``{"valid": Metrics, "test": Metrics}`` measured through the SDK's
+            ``Recommender`` (LiteRT), empty when not evaluated.
+        model_info: ops and tensor dtypes of the converted user tower.
+        accelerators: XNNPACK / GPU / NPU coverage of the converted user tower.
+        sparsity: fraction of zeros per pruned weight, when the recipe prunes.
+        unique_values: distinct values per clustered weight, when the recipe clusters.
+        steps: the fine-tuning steps applied, in order.
+        seconds: wall time of the whole recipe.
+    """
+
+    recipe: Recipe
+    bundle: Path
+    sizes: dict[str, dict[str, int]]
+    metrics: dict[str, Metrics]
+    model_info: ModelInfo
+    accelerators: AcceleratorReport
+    sparsity: dict[str, float] | None = None
+    unique_values: dict[str, int] | None = None
+    steps: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    def payload(self, metric: str = "raw") -> int:
+        """Bytes of model + table (``metric`` ``"raw"`` or ``"gzip"``): what compression changes.
+
+        The bundle's ``total`` adds the manifest and ``items.json``, the same for every recipe.
+        """
+        return self.sizes["model"][metric] + self.sizes["table"][metric]
+
+    def ndcg_at_10(self, stage: str = "valid") -> float:
+        """NDCG@10 of ``stage``; raises ``KeyError`` when the bundle was not evaluated."""
+        return self.metrics[stage].ndcg_at_10
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return {
+            "recipe": self.recipe.to_dict(),
+            "bundle": str(self.bundle),
+            "sizes": self.sizes,
+            "metrics": {stage: m.as_dict() for stage, m in self.metrics.items()},
+            "model": self.model_info.to_dict(),
+            "accelerators": self.accelerators.to_dict(),
+            "sparsity": self.sparsity,
+            "unique_values": self.unique_values,
+            "steps": list(self.steps),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def model_parts(source: TrainedModel | ModelParts | str | Path) -> ModelParts:
+    """`ModelParts` of a trained model, its saved directory, or parts (returned as is).
+
+    The item tower is folded into its output table (``item_vectors()``); the encoder comes
+    along so that fine-tuning predicts the next item at every position, as training does.
+    """
+    if isinstance(source, ModelParts):
+        return source
+    if isinstance(source, str | Path):
+        from pocketrec.training import TrainedModel
+
+        source = TrainedModel.load(source)
+    vectors = np.asarray(source.item_vectors(), dtype=np.float32)
+    return ModelParts(user_tower=source.user_tower, item_vectors=vectors, encoder=source.encoder)
+
+
+def checked_parts(source: TrainedModel | ModelParts | str | Path, split: Split) -> ModelParts:
+    """`model_parts` of ``source``, refusing a split of other items.
+
+    Raises:
+        ValueError: the model's items (ids, when it has them, else their count) are not
+            the split's.
+    """
+    if isinstance(source, str | Path):
+        from pocketrec.training import TrainedModel
+
+        source = TrainedModel.load(source)
+    parts = model_parts(source)
+    ids = None if isinstance(source, ModelParts) else [str(i) for i in source.item_ids]
+    if parts.num_items != split.num_items or (
+        ids is not None and ids != [str(i) for i in split.item_ids]
+    ):
+        raise ValueError(
+            f"the model scores {parts.num_items} items but the split has {split.num_items} "
+            "(or other ids); pass the split the model was trained on"
+        )
+    return parts
+
+
+def apply_steps(parts: ModelParts, recipe: Recipe, split: Split) -> ModelParts:
+    """The recipe's fine-tuning steps (pruning, clustering, QAT), in that order."""
+    if recipe.pruning is not None:
+        parts = prune(parts, recipe.pruning, split, recipe.fine_tune)
+    if recipe.clustering is not None:
+        parts = cluster(parts, recipe.clustering, split, recipe.fine_tune)
+    if recipe.quantization_aware:
+        parts = quantization_aware(parts, split, recipe.fine_tune)
+    return parts
+
+
+def compress(
+    source: TrainedModel | ModelParts | str | Path,
+    recipe: str | Recipe,
+    out_bundle: str | Path,
+    *,
+    split: Split,
+    measure: bool = True,
+    probe_gpu: bool = True,
+    model_version: str | None = None,
+) -> CompressionResult:
+    """Applies ``recipe`` to ``source`` and writes a bundle the SDK opens.
+
+    Args:
+        source: a ``TrainedModel``, its saved run directory, or `ModelParts`.
+        recipe: a name from `RECIPES` or a `Recipe`.
+        out_bundle: bundle directory to write (replaced if it holds a bundle).
+        split: the data split the model was trained on: fine-tuning examples, int8
+            calibration histories, item ids and metadata, and the evaluation targets.
+        measure: measure validation and test metrics through the SDK.
+        probe_gpu: let the accelerator report try LiteRT's GPU accelerator.
+        model_version: recorded in the manifest; default: derived from the model bytes.
+
+    Raises:
+        CompressionError: a step or the conversion failed (the message says which and why).
+    """
+    started = time.perf_counter()
+    recipe = get_recipe(recipe)
+    parts = apply_steps(checked_parts(source, split), recipe, split)
+    table = quantize_table(parts.item_vectors, recipe.table_format)
+    representative = (
+        representative_histories(split, table, parts.history_length)
+        if recipe.model_format == "int8"
+        else None
+    )
+    model = post_training_quantize(
+        parts.user_tower, recipe.model_format, representative, batch_size=recipe.batch_size
+    )
+    details: dict[str, Any] = {"recipe": recipe.to_dict(), "steps": list(parts.steps)}
+    sparsity = weight_sparsity(parts) if recipe.pruning is not None else None
+    unique_values = unique_weight_counts(parts) if recipe.clustering is not None else None
+    if sparsity is not None:
+        details["sparsity"] = sparsity
+    if unique_values is not None:
+        details["unique_values"] = unique_values
+    bundle_args: dict[str, Any] = {
+        "model": model,
+        "table": table,
+        "item_ids": [str(i) for i in split.item_ids],
+        "history_length": parts.history_length,
+        "items_metadata": _items_metadata(split),
+        "model_version": model_version,
+        "recipe": recipe.name,
+        "quantization": recipe.model_format,
+        "accelerator": recipe.accelerator,
+        "extra": {"compression": details},
+    }
+    out = Path(out_bundle)
+    metrics: dict[str, Metrics] = {}
+    if measure:
+        metrics = _evaluate_bundle(bundle_args, split, out.parent)
+    write_bundle(
+        out,
+        metrics={stage: m.as_dict() for stage, m in metrics.items()},
+        **bundle_args,
+    )
+    return CompressionResult(
+        recipe=recipe,
+        bundle=out,
+        sizes=bundle_size(out),
+        metrics=metrics,
+        model_info=inspect_model(model),
+        accelerators=accelerator_coverage(model, probe_gpu=probe_gpu),
+        sparsity=sparsity,
+        unique_values=unique_values,
+        steps=parts.steps,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def evaluate_bundle(bundle: str | Path, split: Split) -> dict[str, Metrics]:
+    """Validation and test metrics of a bundle, scored by the SDK's ``Recommender``."""
+    with Recommender.open(bundle) as recommender:
+        return {
+            stage: evaluate(recommender.score_rows, split, stage) for stage in ("valid", "test")
+        }
+
+
+def _items_metadata(split: Split) -> list[dict[str, Any]]:
+    """Per item row: its title and genre names, as the bundle's ``items.json`` holds them."""
+    genres = np.asarray(split.item_genres)
+    names = list(split.genre_names)
+    metadata = []
+    for row, title in enumerate(split.titles):
+        entry: dict[str, Any] = {}
+        if title is not None:
+            entry["title"] = title
+        if genres.shape[1]:
+            entry["genres"] = [names[g] for g in np.flatnonzero(genres[row] > 0)]
+        metadata.append(entry)
+    return metadata
+
+
+def _evaluate_bundle(bundle_args: dict[str, Any], split: Split, parent: Path) -> dict[str, Metrics]:
+    # Metrics go into the manifest, so the bundle is measured from a scratch copy first.
+    parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".pocketrec-eval-", dir=parent))
+    try:
+        write_bundle(scratch / "bundle", **bundle_args)
+        return evaluate_bundle(scratch / "bundle", split)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,162 @@
+"""Magnitude pruning (tfmot ``prune_low_magnitude``) of the user tower and the item table."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+import tf_keras
+
+from pocketrec.compression._configs import FineTuneConfig, PruningConfig
+from pocketrec.compression._parts import (
+    ITEM_TABLE_LAYER,
+    ModelParts,
+    copy_weights,
+    fine_tune,
+    item_table_layer,
+    private_copy,
+    rewrap,
+)
+from pocketrec.errors import CompressionError
+from pocketrec.evaluation import Split
+
+# Layer types whose kernels tfmot prunes (its PruneRegistry), and the weights counted.
+PRUNABLE_LAYERS: dict[type, tuple[str, ...]] = {
+    tf_keras.layers.Dense: ("kernel",),
+    tf_keras.layers.Embedding: ("embeddings",),
+    tf_keras.layers.MultiHeadAttention: ("kernel",),
+    tf_keras.layers.Conv1D: ("kernel",),
+}
+_NOTHING_TO_PRUNE = (
+    "pruning found no prunable weights: expected Dense, Embedding or MultiHeadAttention "
+    "layers with at least {min_weights} weights; lower PruningConfig.min_weights or set "
+    "prune_item_table=True"
+)
+# tfmot rounds the pruned count of each tensor to a whole number of weights.
+_SPARSITY_TOLERANCE = 0.005
+
+
+def prune(
+    parts: ModelParts,
+    config: PruningConfig,
+    split: Split,
+    fine_tune_config: FineTuneConfig | None = None,
+) -> ModelParts:
+    """Prunes the user tower's kernels (and the item table) while fine-tuning on ``split``.
+
+    Returns new parts whose pruned weights hold exact zeros (``strip_pruning`` applied).
+
+    Raises:
+        CompressionError: a layer cannot be rebuilt for pruning, or the achieved sparsity
+            of a pruned weight is below ``config.target_sparsity`` (the message names it).
+    """
+    fine_tune_config = fine_tune_config or FineTuneConfig()
+    steps = fine_tune_config.steps
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0,
+        final_sparsity=config.target_sparsity,
+        begin_step=int(config.begin_fraction * steps),
+        # The last mask update must fall inside the run: end on a multiple of frequency.
+        end_step=max(
+            config.frequency,
+            int(config.end_fraction * steps) // config.frequency * config.frequency,
+        ),
+        frequency=config.frequency,
+    )
+    if schedule.end_step >= steps:
+        raise ValueError(
+            f"fine-tuning of {steps} steps is too short for mask updates every "
+            f"{config.frequency} steps; raise FineTuneConfig.steps or lower frequency"
+        )
+
+    wrapped: list[str] = []
+
+    def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
+        if _prunable(layer, config.min_weights):
+            wrapped.append(layer.name)
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    network = rewrap(private_copy(parts.network), wrap)
+    if not wrapped and not config.prune_item_table:
+        raise CompressionError(_NOTHING_TO_PRUNE.format(min_weights=config.min_weights))
+    table = item_table_layer(parts, trainable=config.prune_item_table)
+    if config.prune_item_table:
+        table = tfmot.sparsity.keras.prune_low_magnitude(table, pruning_schedule=schedule)
+    model = fine_tune(
+        parts,
+        network,
+        table,
+        split,
+        fine_tune_config,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+    )
+    stripped = tfmot.sparsity.keras.strip_pruning(model)
+    pruned_network = private_copy(parts.network)
+    copy_weights(stripped.get_layer(network.name), pruned_network)
+    pruned = parts.with_step(
+        f"prune({config.target_sparsity:g})",
+        pruned_network,
+        stripped.get_layer(ITEM_TABLE_LAYER).get_weights()[0].astype(np.float32),
+    )
+    _check_sparsity(pruned, config)
+    return pruned
+
+
+def weight_sparsity(parts: ModelParts, min_weights: int = 256) -> dict[str, float]:
+    """Fraction of zeros per prunable weight (``layer/weight``) and for the item table.
+
+    The key ``"item_table"`` is the table; ``"overall"`` pools every listed weight.
+    """
+    sparsity: dict[str, float] = {}
+    zeros = total = 0
+    for name, values in _prunable_weights(parts.network, min_weights):
+        sparsity[name] = float(np.mean(values == 0))
+        zeros, total = zeros + int(np.sum(values == 0)), total + values.size
+    table = np.asarray(parts.item_vectors)
+    sparsity[ITEM_TABLE_LAYER] = float(np.mean(table == 0))
+    zeros, total = zeros + int(np.sum(table == 0)), total + table.size
+    sparsity["overall"] = zeros / total
+    return sparsity
+
+
+def _prunable(layer: tf_keras.layers.Layer, min_weights: int) -> bool:
+    return type(layer) in PRUNABLE_LAYERS and layer.count_params() >= min_weights
+
+
+def _prunable_weights(network: tf_keras.Model, min_weights: int) -> list[tuple[str, np.ndarray]]:
+    found = []
+    for layer in network.layers:
+        if not _prunable(layer, min_weights):
+            continue
+        suffixes = PRUNABLE_LAYERS[type(layer)]
+        for weight in layer.weights:
+            short = weight.name.split("/")[-1].split(":")[0]
+            if short in suffixes:
+                found.append((f"{layer.name}/{short}", weight.numpy()))
+    return found
+
+
+def _check_sparsity(parts: ModelParts, config: PruningConfig) -> None:
+    sparsity = weight_sparsity(parts, config.min_weights)
+    checked = {k: v for k, v in sparsity.items() if k != "overall"}
+    if not config.prune_item_table:
+        checked.pop(ITEM_TABLE_LAYER)
+    short = {
+        name: value
+        for name, value in checked.items()
+        if value < config.target_sparsity - _SPARSITY_TOLERANCE
+    }
+    if not checked:
+        raise CompressionError(_NOTHING_TO_PRUNE.format(min_weights=config.min_weights))
+    if short:
+        listed = ", ".join(f"{name} {value:.3f}" for name, value in sorted(short.items()))
+        raise CompressionError(
+            f"pruning reached less than the target sparsity {config.target_sparsity:g}: "
+            f"{listed}. Raise FineTuneConfig.steps or lower PruningConfig.frequency so that "
+            "the schedule's last mask update happens"
+        )

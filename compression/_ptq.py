@@ -1,0 +1,83 @@
+"""Post-training quantization through the TFLite converter, and the tables beside it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import tf_keras
+
+from pocketrec.evaluation import Split
+from pocketrec.sdk import DTYPES, ItemTable, encode_histories
+from pocketrec.training.convert import QUANTIZATIONS, to_tflite
+
+RepresentativeData = Callable[[], Iterable[dict[str, np.ndarray]]]
+
+
+def post_training_quantize(
+    user_tower: tf_keras.Model,
+    mode: str,
+    representative: RepresentativeData | None = None,
+    *,
+    batch_size: int | None = None,
+) -> bytes:
+    """Converts ``user_tower`` to a LiteRT flatbuffer with ``mode`` quantization.
+
+    Args:
+        user_tower: tf_keras model of the contract (``history``, ``mask`` -> ``user_vector``).
+        mode: ``"float32"``, ``"dynamic"`` (int8 weights, float kernels), ``"float16"``
+            (float16 weights) or ``"int8"`` (full-integer kernels, float32 inputs/outputs).
+        representative: for ``"int8"``, samples ``{"history": [1, L, D], "mask": [1, L]}``
+            drawn from real histories (see `representative_histories`).
+        batch_size: fix the batch dimension (1 for GPU delegates); None keeps it dynamic.
+
+    Raises:
+        ValueError: unknown ``mode`` or missing representative data for ``"int8"``.
+        CompressionError: the converter failed (its message is kept).
+    """
+    if mode not in QUANTIZATIONS:
+        raise ValueError(f"expected mode in {QUANTIZATIONS}, got {mode!r}")
+    return to_tflite(
+        user_tower, quantization=mode, representative_data=representative, batch_size=batch_size
+    )
+
+
+def representative_histories(
+    split: Split, table: ItemTable, history_length: int, *, samples: int = 200, seed: int = 0
+) -> RepresentativeData:
+    """Calibration samples for ``"int8"``: real users' histories encoded from ``table``.
+
+    The vectors come from the table that ships, so the ranges calibrated are the ones the
+    device feeds. Users are drawn without replacement (all of them when fewer).
+
+    Returns:
+        A callable yielding ``{"history": float32 [1, L, D], "mask": float32 [1, L]}``.
+    """
+    histories = [h for h in split.histories("valid") if len(h)]
+    if not histories:
+        raise ValueError("the split has no non-empty history to calibrate int8 with")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(histories), size=min(samples, len(histories)), replace=False)
+    history, mask = encode_histories(table, [histories[i] for i in chosen], history_length)
+
+    def samples_() -> Iterator[dict[str, np.ndarray]]:
+        for row in range(history.shape[0]):
+            yield {"history": history[row : row + 1], "mask": mask[row : row + 1]}
+
+    return samples_
+
+
+def quantize_table(vectors: np.ndarray, dtype: str) -> ItemTable:
+    """The item table as shipped: ``vectors`` float32 ``[N, D]`` stored as ``dtype``.
+
+    ``"float32"``, ``"float16"``, ``"int8"`` or ``"int4"`` (row-wise symmetric with a
+    float32 scale per row; int4 packs two values a byte). This is the SDK's
+    ``ItemTable.quantize``, so scores computed here are the device's.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"expected table dtype in {DTYPES}, got {dtype!r}")
+    return ItemTable.quantize(np.asarray(vectors, dtype=np.float32), dtype)

@@ -1,0 +1,151 @@
+"""Named compositions of the compression steps.
+
+A recipe name reads ``[step+]<model format>[+<table format>-table]``: the steps that
+fine-tune (``pruned``, ``clustered``, ``qat``), then how the user tower is converted, then
+the item table's stored form when it differs from the model's float32 default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pocketrec.compression._configs import ClusteringConfig, FineTuneConfig, PruningConfig
+
+MODEL_FORMATS = ("float32", "dynamic", "float16", "int8")
+TABLE_FORMATS = ("float32", "float16", "int8", "int4")
+ACCELERATORS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to turn a trained model into a bundle.
+
+    Attributes:
+        name: the recipe's name (recorded in the bundle manifest).
+        description: one line for ``--list-recipes`` and reports.
+        model_format: post-training quantization of the user tower (`MODEL_FORMATS`).
+        table_format: stored form of the item table (`TABLE_FORMATS`).
+        pruning: magnitude pruning while fine-tuning, or None.
+        clustering: weight clustering while fine-tuning, or None.
+        quantization_aware: fine-tune the Dense layers with fake int8 quantization first
+            (needs ``model_format="int8"``).
+        accelerator: the intended accelerator, recorded in the manifest.
+        batch_size: fixed batch dimension of the converted model (1 for GPU delegates);
+            None keeps it dynamic.
+        fine_tune: fine-tuning of the steps above.
+    """
+
+    name: str
+    description: str
+    model_format: str = "float32"
+    table_format: str = "float32"
+    pruning: PruningConfig | None = None
+    clustering: ClusteringConfig | None = None
+    quantization_aware: bool = False
+    accelerator: str = "cpu"
+    batch_size: int | None = None
+    fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
+
+    def __post_init__(self) -> None:
+        if self.model_format not in MODEL_FORMATS:
+            raise ValueError(f"expected model_format in {MODEL_FORMATS}, got {self.model_format!r}")
+        if self.table_format not in TABLE_FORMATS:
+            raise ValueError(f"expected table_format in {TABLE_FORMATS}, got {self.table_format!r}")
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(f"expected accelerator in {ACCELERATORS}, got {self.accelerator!r}")
+        if self.quantization_aware and self.model_format != "int8":
+            raise ValueError(
+                "quantization_aware=True learns int8 ranges: it needs model_format='int8', "
+                f"got {self.model_format!r}"
+            )
+        if self.accelerator == "gpu" and self.model_format not in ("float32", "float16"):
+            raise ValueError(
+                "GPU delegates compute in float: accelerator='gpu' needs model_format "
+                f"'float16' or 'float32', got {self.model_format!r}"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1 or None, got {self.batch_size}")
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether the recipe trains (pruning, clustering or QAT) before converting."""
+        return bool(self.pruning or self.clustering or self.quantization_aware)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "model_format": self.model_format,
+            "table_format": self.table_format,
+            "pruning": None if self.pruning is None else vars(self.pruning),
+            "clustering": None if self.clustering is None else vars(self.clustering),
+            "quantization_aware": self.quantization_aware,
+            "accelerator": self.accelerator,
+            "batch_size": self.batch_size,
+            "fine_tune": vars(self.fine_tune) if self.fine_tunes else None,
+        }
+
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("float32", "float32 model and table: the reference every drop is measured from"),
+        Recipe(
+            "dynamic", "dynamic-range model (int8 weights, float kernels), float32 table", "dynamic"
+        ),
+        Recipe("float16", "float16 weights and float16 table", "float16", "float16"),
+        Recipe("int8", "full-integer int8 model, float32 table", "int8"),
+        Recipe("int8+int8-table", "int8 model, row-wise int8 table", "int8", "int8"),
+        Recipe("int8+int4-table", "int8 model, row-wise packed int4 table", "int8", "int4"),
+        Recipe(
+            "pruned+int8",
+            "75% magnitude pruning of tower and table while fine-tuning, int8 model and table",
+            "int8",
+            "int8",
+            pruning=PruningConfig(target_sparsity=0.75),
+        ),
+        Recipe(
+            "clustered+int8",
+            "16-cluster weight clustering of tower and table while fine-tuning, int8 model "
+            "and table",
+            "int8",
+            "int8",
+            clustering=ClusteringConfig(num_clusters=16),
+        ),
+        Recipe(
+            "qat+int8",
+            "quantization-aware fine-tuning of the Dense layers, int8 model and table",
+            "int8",
+            "int8",
+            quantization_aware=True,
+        ),
+        Recipe(
+            "gpu-float16",
+            "GPU-friendly: float16 model with a fixed batch of 1, float16 table",
+            "float16",
+            "float16",
+            accelerator="gpu",
+            batch_size=1,
+        ),
+    )
+}
+
+
+def get_recipe(recipe: str | Recipe) -> Recipe:
+    """The recipe called ``recipe`` (a `Recipe` passes through).
+
+    Raises:
+        ValueError: unknown name; the message lists the known ones.
+    """
+    if isinstance(recipe, Recipe):
+        return recipe
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of {list(RECIPES)}")
+    return RECIPES[recipe]
+
+
+def list_recipes() -> list[Recipe]:
+    """Every named recipe, float32 first."""
+    return list(RECIPES.values())

@@ -1,0 +1,488 @@
+"""Compression recipes on a tiny trained model: Keras -> tfmot -> LiteRT -> SDK bundles."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _compression_fixtures import (
+    FINE_TUNE,
+    ITEMS,
+    SEED,
+    USERS,
+    keras3_user_tower,
+    quick,
+    random_vectors,
+    tiny_split,
+    tiny_trained,
+    uncloneable_user_tower,
+)
+
+from pocketrec.compression import (
+    RECIPES,
+    AcceleratorReport,
+    CompressionResult,
+    FineTuneConfig,
+    ModelParts,
+    PruningConfig,
+    QuantizationAwareConfig,
+    Recipe,
+    accelerator_coverage,
+    auto_compress,
+    compress,
+    get_recipe,
+    inspect_model,
+    model_parts,
+    post_training_quantize,
+    prune,
+    quantization_aware,
+    quantize_table,
+    representative_histories,
+    user_ndcg_at_10,
+)
+from pocketrec.compression._auto import REPORT_JSON, REPORT_MARKDOWN
+from pocketrec.errors import CompressionError
+from pocketrec.evaluation import Split
+from pocketrec.sdk import ItemTable, Recommender, encode_histories, read_manifest
+from pocketrec.training import TrainedModel
+
+
+@pytest.fixture(scope="module")
+def split() -> Split:
+    return tiny_split()
+
+
+@pytest.fixture(scope="module")
+def trained(split: Split) -> TrainedModel:
+    return tiny_trained(split)
+
+
+@pytest.fixture(scope="module")
+def parts(trained: TrainedModel) -> ModelParts:
+    return model_parts(trained)
+
+
+@pytest.fixture(scope="module")
+def weights_before(parts: ModelParts) -> list[np.ndarray]:
+    return [w.copy() for w in parts.network.get_weights()] + [parts.item_vectors.copy()]
+
+
+@pytest.fixture(scope="module")
+def bundles(
+    parts: ModelParts,
+    weights_before: list[np.ndarray],
+    split: Split,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, CompressionResult]:
+    """Every named recipe applied once to the same parts (short fine-tuning, no evaluation)."""
+    out = tmp_path_factory.mktemp("bundles")
+    return {
+        name: compress(
+            parts, quick(recipe), out / name, split=split, measure=False, probe_gpu=False
+        )
+        for name, recipe in RECIPES.items()
+    }
+
+
+def _model_bytes(result: CompressionResult) -> bytes:
+    manifest = read_manifest(result.bundle)
+    return (result.bundle / manifest["model"]["file"]).read_bytes()
+
+
+def _shipped_table(result: CompressionResult) -> ItemTable:
+    return ItemTable.load(result.bundle, read_manifest(result.bundle)["table"], mmap=False)
+
+
+# Recipes -------------------------------------------------------------------------------
+
+
+def test_every_recipe_writes_a_bundle_the_sdk_opens_and_scores(
+    bundles: dict[str, CompressionResult], split: Split
+) -> None:
+    histories = split.histories("valid")[:5]
+    for name, result in bundles.items():
+        with Recommender.open(result.bundle) as recommender:
+            scores = recommender.score_rows(histories)
+        assert scores.shape == (5, split.num_items), name
+        assert np.isfinite(scores).all(), name
+
+
+def test_recipes_leave_the_parts_they_compress_untouched(
+    bundles: dict[str, CompressionResult], parts: ModelParts, weights_before: list[np.ndarray]
+) -> None:
+    after = [*parts.network.get_weights(), parts.item_vectors]
+    for old, new in zip(weights_before, after, strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_manifest_records_recipe_quantization_and_accelerator(
+    bundles: dict[str, CompressionResult],
+) -> None:
+    for name, result in bundles.items():
+        manifest = read_manifest(result.bundle)
+        recipe = RECIPES[name]
+        assert manifest["recipe"] == name
+        assert manifest["model"]["quantization"] == recipe.model_format
+        assert manifest["model"]["accelerator"] == recipe.accelerator
+        assert manifest["table"]["dtype"] == recipe.table_format
+        assert manifest["extra"]["compression"]["recipe"]["name"] == name
+
+
+@pytest.mark.parametrize(
+    ("name", "weights", "no_weights", "activations"),
+    [
+        ("float32", {"float32"}, {"float16", "int8"}, {"float32"}),
+        ("dynamic", {"int8"}, {"float16"}, {"float32"}),
+        ("float16", {"float16"}, {"float32", "int8"}, {"float32"}),
+        ("int8", {"int8"}, {"float32", "float16"}, {"int8"}),
+        ("qat+int8", {"int8"}, {"float32", "float16"}, {"int8"}),
+        ("pruned+int8", {"int8"}, {"float32", "float16"}, {"int8"}),
+        ("clustered+int8", {"int8"}, {"float32", "float16"}, {"int8"}),
+        ("gpu-float16", {"float16"}, {"float32", "int8"}, {"float32"}),
+    ],
+)
+def test_converted_tensors_have_the_recipes_dtypes(
+    bundles: dict[str, CompressionResult],
+    name: str,
+    weights: set[str],
+    no_weights: set[str],
+    activations: set[str],
+) -> None:
+    info = inspect_model(_model_bytes(bundles[name]))
+    assert weights <= set(info.weight_dtypes)
+    assert not no_weights & set(info.weight_dtypes)
+    assert activations <= set(info.activation_dtypes)
+    assert info.input_dtypes == {"history": "float32", "mask": "float32"}
+    assert info.output_dtypes == {"user_vector": "float32"}
+    assert bundles[name].model_info == info
+
+
+def test_full_integer_models_keep_no_float_kernels(bundles: dict[str, CompressionResult]) -> None:
+    for name in ("int8", "int8+int8-table", "qat+int8"):
+        info = inspect_model(_model_bytes(bundles[name]))
+        # Only the float32 boundary (QUANTIZE in, DEQUANTIZE out) stays float.
+        assert info.activation_dtypes.get("float32", 0) <= 1, name
+        assert info.weight_dtypes.get("float32", 0) == 0, name
+
+
+@pytest.mark.parametrize("table_format", ["float32", "float16", "int8", "int4"])
+def test_shipped_table_is_the_sdk_quantization_of_the_item_vectors(
+    bundles: dict[str, CompressionResult], trained: TrainedModel, table_format: str
+) -> None:
+    name = {"float32": "int8", "float16": "float16", "int8": "int8+int8-table"}.get(
+        table_format, "int8+int4-table"
+    )
+    shipped = _shipped_table(bundles[name])
+    expected = ItemTable.quantize(trained.item_vectors(), table_format)
+    assert shipped.dtype == table_format
+    np.testing.assert_array_equal(shipped.dequantized(), expected.dequantized())
+    users = np.random.default_rng(0).normal(size=(3, shipped.dim)).astype(np.float32)
+    np.testing.assert_allclose(
+        quantize_table(trained.item_vectors(), table_format).scores(users),
+        shipped.scores(users),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_pruned_recipe_reaches_its_sparsity_in_tower_and_shipped_table(
+    bundles: dict[str, CompressionResult],
+) -> None:
+    result = bundles["pruned+int8"]
+    target = RECIPES["pruned+int8"].pruning.target_sparsity
+    assert result.sparsity is not None
+    assert min(result.sparsity.values()) >= target - 0.005
+    # Row-wise int8 keeps zeros at zero: the table that ships is as sparse.
+    shipped = _shipped_table(result).dequantized()
+    assert np.mean(shipped == 0) >= target - 0.005
+    assert result.steps == ("prune(0.75)",)
+
+
+def test_pruned_bundle_is_smaller_gzipped_than_the_int8_bundle(
+    bundles: dict[str, CompressionResult],
+) -> None:
+    pruned, dense = bundles["pruned+int8"].sizes, bundles["int8+int8-table"].sizes
+    assert pruned["table"]["gzip"] < dense["table"]["gzip"]
+    assert pruned["table"]["raw"] == dense["table"]["raw"]
+
+
+def test_clustered_recipe_leaves_at_most_n_values_per_weight(
+    bundles: dict[str, CompressionResult],
+) -> None:
+    result = bundles["clustered+int8"]
+    clusters = RECIPES["clustered+int8"].clustering.num_clusters
+    assert result.unique_values is not None
+    assert 0 < max(result.unique_values.values()) <= clusters
+    # Each shipped int8 row holds at most `clusters` distinct values.
+    shipped = _shipped_table(result)
+    per_row = [np.unique(row).size for row in shipped.dequantized()]
+    assert max(per_row) <= clusters
+
+
+def test_quantization_aware_recipe_learns_int8_ranges(
+    bundles: dict[str, CompressionResult],
+) -> None:
+    result = bundles["qat+int8"]
+    assert result.steps == ("qat",)
+    assert result.model_info.ops.get("FULLY_CONNECTED", 0) > 0
+
+
+def test_sizes_shrink_with_the_formats(bundles: dict[str, CompressionResult]) -> None:
+    raw = {name: result.sizes["total"]["raw"] for name, result in bundles.items()}
+    table = {name: result.sizes["table"]["raw"] for name, result in bundles.items()}
+    model = {name: result.sizes["model"]["raw"] for name, result in bundles.items()}
+    assert table["int8+int4-table"] < table["int8+int8-table"] < table["float16"] < table["int8"]
+    assert model["int8"] < model["float16"] < model["float32"]
+    assert raw["int8+int8-table"] < raw["float32"]
+
+
+# Accelerators --------------------------------------------------------------------------
+
+
+def test_gpu_export_has_a_fixed_batch_and_a_graph_the_gpu_takes_whole(
+    bundles: dict[str, CompressionResult],
+) -> None:
+    result = bundles["gpu-float16"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_content=_model_bytes(result)).get_signature_runner("user_vector")
+    assert list(runner.get_input_details()["history"]["shape_signature"]) == [1, 8, 32]
+    cover = result.accelerators
+    assert cover.gpu_source == "static"
+    assert cover.gpu_fully_accelerated
+    assert cover.gpu_rejected == {}
+
+
+def test_int8_models_are_reported_as_cpu_only(bundles: dict[str, CompressionResult]) -> None:
+    cover = bundles["int8+int8-table"].accelerators
+    assert not cover.gpu_fully_accelerated
+    assert "FULLY_CONNECTED" in cover.gpu_rejected
+    assert "int8" in cover.gpu_rejected["FULLY_CONNECTED"]
+
+
+def test_xnnpack_coverage_is_measured_against_the_graph(
+    bundles: dict[str, CompressionResult],
+) -> None:
+    for name, result in bundles.items():
+        cover: AcceleratorReport = result.accelerators
+        on_cpu = sum(cover.xnnpack_on_cpu_kernels.values())
+        assert 0 < cover.xnnpack_delegated <= cover.num_ops, name
+        assert cover.xnnpack_delegated + on_cpu == cover.num_ops, name
+        assert sum(cover.ops.values()) == cover.num_ops, name
+        document = cover.to_dict()
+        assert document["cpu_xnnpack"]["source"] == "measured"
+        assert "NNAPI" in document["npu"] and "Android 15" in document["npu"]
+
+
+def test_gpu_probe_reports_the_gpu_as_measured_or_static(
+    bundles: dict[str, CompressionResult],
+) -> None:
+    cover = accelerator_coverage(_model_bytes(bundles["float16"]), probe_gpu=True)
+    assert cover.gpu_source in ("measured", "static")
+    if cover.gpu_source == "static":
+        assert cover.gpu_supported is not None
+
+
+# Steps and their errors ----------------------------------------------------------------
+
+
+def test_prune_refuses_a_fine_tuning_too_short_for_its_schedule(
+    trained: TrainedModel, split: Split
+) -> None:
+    with pytest.raises(ValueError, match="too short"):
+        prune(model_parts(trained), PruningConfig(frequency=50), split, FineTuneConfig(steps=20))
+
+
+def test_prune_without_prunable_layers_says_what_to_lower(
+    trained: TrainedModel, split: Split
+) -> None:
+    config = PruningConfig(min_weights=10**9, prune_item_table=False)
+    with pytest.raises(CompressionError, match="min_weights"):
+        prune(model_parts(trained), config, split, FINE_TUNE)
+
+
+def test_keras3_model_is_refused_with_the_fix() -> None:
+    with pytest.raises(CompressionError, match="Keras 3") as info:
+        ModelParts(keras3_user_tower(), random_vectors(ITEMS))
+    assert "TF_USE_LEGACY_KERAS=1" in str(info.value)
+    assert "tf_keras" in str(info.value)
+
+
+def test_layer_that_cannot_be_rebuilt_is_named_with_the_fix(split: Split) -> None:
+    parts = ModelParts(uncloneable_user_tower(), random_vectors(split.num_items))
+    with pytest.raises(CompressionError, match=r"scaled \(ScaledDense\)") as info:
+        prune(parts, PruningConfig(), split, FINE_TUNE)
+    assert "get_config" in str(info.value)
+
+
+def test_quantization_aware_names_the_layer_tfmot_cannot_quantize(
+    trained: TrainedModel, split: Split
+) -> None:
+    import tf_keras
+
+    norm = tf_keras.layers.LayerNormalization
+    first = next(layer.name for layer in trained.encoder.layers if isinstance(layer, norm))
+    config = QuantizationAwareConfig(layer_types=(norm,))
+    with pytest.raises(CompressionError, match=first) as info:
+        quantization_aware(model_parts(trained), split, FINE_TUNE, config)
+    assert "QuantizeConfig" in str(info.value)
+
+
+def test_representative_histories_are_real_histories_from_the_shipped_table(
+    trained: TrainedModel, split: Split
+) -> None:
+    table = quantize_table(trained.item_vectors(), "int8")
+    samples = list(representative_histories(split, table, 8, samples=4, seed=1)())
+    assert len(samples) == 4
+    histories = [h for h in split.histories("valid") if len(h)]
+    chosen = np.random.default_rng(1).choice(len(histories), size=4, replace=False)
+    history, mask = encode_histories(table, [histories[i] for i in chosen], 8)
+    for row, sample in enumerate(samples):
+        np.testing.assert_array_equal(sample["history"], history[row : row + 1])
+        np.testing.assert_array_equal(sample["mask"], mask[row : row + 1])
+
+
+def test_int8_conversion_without_calibration_data_is_refused(trained: TrainedModel) -> None:
+    with pytest.raises(ValueError, match="representative"):
+        post_training_quantize(trained.user_tower, "int8")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model_format": "int4"}, "model_format"),
+        ({"table_format": "int2"}, "table_format"),
+        ({"quantization_aware": True}, "needs model_format='int8'"),
+        ({"accelerator": "gpu", "model_format": "int8"}, "compute in float"),
+        ({"accelerator": "npu"}, "accelerator"),
+    ],
+)
+def test_inconsistent_recipes_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Recipe("bad", "inconsistent", **changes)  # type: ignore[arg-type]
+
+
+def test_unknown_recipe_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="pruned\\+int8"):
+        get_recipe("int3")
+
+
+def test_compress_refuses_a_split_of_other_items(trained: TrainedModel, tmp_path: Path) -> None:
+    from pocketrec.data import synthetic
+    from pocketrec.evaluation import leave_last_out
+
+    wrong = leave_last_out(synthetic(num_users=50, num_items=30, seed=3))
+    with pytest.raises(ValueError, match="the split has"):
+        compress(trained, "float32", tmp_path / "b", split=wrong, measure=False)
+
+
+# Accuracy-aware selection --------------------------------------------------------------
+
+
+def test_auto_keeps_the_smallest_bundle_within_budget_and_rejects_the_rest(
+    trained: TrainedModel, split: Split, tmp_path: Path
+) -> None:
+    # Pruning 98% of every weight with a near-zero learning rate ruins the ranking.
+    ruinous = Recipe(
+        "ruinous",
+        "98% pruning without real fine-tuning",
+        "float32",
+        pruning=PruningConfig(target_sparsity=0.98),
+        fine_tune=FineTuneConfig(steps=12, batch_size=32, learning_rate=1e-9),
+    )
+    budget = 0.05
+    report = auto_compress(
+        model_parts(trained),
+        tmp_path,
+        split=split,
+        max_ndcg_drop=budget,
+        candidates=["float16", ruinous],
+        probe_gpu=False,
+    )
+    by_name = {c.name: c for c in report.candidates}
+    assert by_name["ruinous"].ndcg_drop > budget
+    assert not by_name["ruinous"].kept
+    assert "exceeds the budget" in by_name["ruinous"].reason
+    fitting = [c for c in report.candidates if c.ndcg_drop is not None and c.ndcg_drop <= budget]
+    base_gzip = report.baseline.payload("gzip")
+    smaller = [c for c in fitting if c.result.payload("gzip") < base_gzip]
+    expected = min(smaller, key=lambda c: c.result.payload("gzip")).name if smaller else "float32"
+    assert report.selected == expected
+    assert sum(c.kept for c in report.candidates) == (0 if expected == "float32" else 1)
+
+    document = json.loads((tmp_path / REPORT_JSON).read_text())
+    assert document["selected"] == report.selected
+    candidate = {c["name"]: c for c in document["candidates"]}["float16"]
+    for part in ("model", "table", "total"):
+        assert set(candidate["result"]["sizes"][part]) == {"raw", "gzip"}
+    for stage in ("valid", "test"):
+        assert {"hr@10", "ndcg@10"} <= set(candidate["result"]["metrics"][stage])
+    markdown = (tmp_path / REPORT_MARKDOWN).read_text()
+    assert "| ruinous |" in markdown and "exceeds the budget" in markdown
+    # Drops and their errors come from the SDK's scores of the bundles written.
+    base_users = user_ndcg_at_10(tmp_path / "float32", split)
+    assert base_users.mean() == pytest.approx(report.baseline.ndcg_at_10("valid"))
+    float16 = by_name["float16"]
+    differences = base_users - user_ndcg_at_10(tmp_path / "float16", split)
+    assert float16.ndcg_drop == pytest.approx(differences.mean() / base_users.mean(), abs=1e-9)
+    assert float16.ndcg_drop_se == pytest.approx(
+        differences.std(ddof=1) / np.sqrt(len(differences)) / base_users.mean()
+    )
+
+
+# Command line --------------------------------------------------------------------------
+
+
+def test_cli_module_imports_no_tensorflow() -> None:
+    code = (
+        "import sys, pocketrec.compression._cli\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_lists_recipes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli(["--list-recipes"]) == 0
+    listed = capsys.readouterr().out
+    for name in RECIPES:
+        assert name in listed
+
+
+def test_cli_compresses_a_saved_run_into_a_bundle(
+    trained: TrainedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trained.save(tmp_path / "run" / "model")
+    args = ["--model", str(tmp_path / "run"), "--recipe", "float16", "--out"]
+    args += [str(tmp_path / "bundle"), "--json"]
+    args += ["--synthetic", str(USERS), "--synthetic-items", str(ITEMS), "--seed", str(SEED)]
+    assert _cli(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["recipe"]["name"] == "float16"
+    assert read_manifest(tmp_path / "bundle")["recipe"] == "float16"
+    assert printed["metrics"]["valid"]["users"] > 0
+
+
+def test_cli_without_data_says_what_to_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli(["--model", str(tmp_path), "--recipe", "int8", "--out", str(tmp_path)]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def _cli(argv: list[str]) -> int:
+    import argparse
+
+    from pocketrec.compression import _cli as cli
+
+    parser = argparse.ArgumentParser(prog="pocketrec")
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["compress", *argv])
+    return int(args.func(args))
