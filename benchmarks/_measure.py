@@ -21,6 +21,15 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_us": float(np.percentile(micros, 50)), "p99_us": float(np.percentile(micros, 99))}
 
 
+def _peak_rss_mb() -> float:
+    # VmHWM starts afresh with this program's image; getrusage's ru_maxrss does not (Linux
+    # keeps it across execve, so it would report the parent's peak).
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(bundle: Path, histories: list[list[str]], calls: int, warmup: int = 100) -> dict:
     """Bundle load time, user-tower latency, end-to-end `recommend(k=10)` latency, RSS."""
     from ai_edge_litert.interpreter import Interpreter
@@ -63,7 +72,7 @@ def measure(bundle: Path, histories: list[list[str]], calls: int, warmup: int = 
         "user_tower": _percentiles(tower_times),
         "recommend": _percentiles(e2e_times),
         "calls": calls,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
         "tensorflow_loaded": "tensorflow" in sys.modules,
     }
 
