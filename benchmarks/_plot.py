@@ -28,9 +28,15 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         xs = [r[key] * scale for r in variants]
         ys = [r["ndcg_at_10"] for r in variants]
         axis.scatter(xs, ys, s=60, c="tab:blue", zorder=3)
-        for x, y, row in zip(xs, ys, variants, strict=True):
+        for i, (x, y, row) in enumerate(zip(xs, ys, variants, strict=True)):
+            # Alternate above/below: variants of equal accuracy sit side by side.
             axis.annotate(
-                row["variant"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8
+                row["variant"],
+                (x, y),
+                textcoords="offset points",
+                xytext=(5, 5 if i % 2 == 0 else -12),
+                fontsize=8,
+                rotation=20,
             )
         for row in baselines:
             axis.axhline(row["ndcg_at_10"], color="grey", linestyle="--", linewidth=0.8)
