@@ -157,7 +157,9 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
         trained = train(split, ModelConfig(), train_config)
         trained.save(out / "model")
 
-    histories = [[str(split.item_ids[i]) for i in h[-50:]] for h in split.histories("test")]
+    # The latest L test-time events of each user: what a device holds when it recommends.
+    recent = trained.config.history_length
+    histories = [[str(split.item_ids[i]) for i in h[-recent:]] for h in split.histories("test")]
     calls = config.calls if not config.quick else min(config.calls, 200)
     rows: list[dict[str, Any]] = []
     for name in tqdm(names, desc="recipes"):
