@@ -168,28 +168,21 @@ def accelerator_coverage(model: bytes, *, probe_gpu: bool = True) -> Accelerator
     ops = Counter(node.op for node in graph.nodes)
     delegated = _xnnpack_delegated(model)
     on_cpu = Counter(node.op for node in graph.nodes if node.index not in delegated)
-    rejected = _static_gpu_rejections(graph)
     if probe_gpu and gpu_available():
         fully = _gpu_fully_accelerated(model)
-        return AcceleratorReport(
-            ops=dict(ops),
-            num_ops=len(graph.nodes),
-            xnnpack_delegated=len(delegated),
-            xnnpack_on_cpu_kernels=dict(on_cpu),
-            gpu_source="measured",
-            gpu_supported=len(graph.nodes) if fully else None,
-            gpu_fully_accelerated=fully,
-            gpu_rejected={},
-        )
-    unsupported = sum(1 for node in graph.nodes if node.op in rejected)
+        source, supported, rejected = "measured", len(graph.nodes) if fully else None, {}
+    else:
+        rejected = _static_gpu_rejections(graph)
+        unsupported = sum(1 for node in graph.nodes if node.op in rejected)
+        source, supported, fully = "static", len(graph.nodes) - unsupported, not rejected
     return AcceleratorReport(
         ops=dict(ops),
         num_ops=len(graph.nodes),
         xnnpack_delegated=len(delegated),
         xnnpack_on_cpu_kernels=dict(on_cpu),
-        gpu_source="static",
-        gpu_supported=len(graph.nodes) - unsupported,
-        gpu_fully_accelerated=not rejected,
+        gpu_source=source,
+        gpu_supported=supported,
+        gpu_fully_accelerated=fully,
         gpu_rejected=rejected,
     )
 

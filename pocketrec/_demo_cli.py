@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _show_recommendations(recommender, split) -> None:
     titles = split.titles
+    histories = split.histories("test")
     for user in range(min(3, split.num_users)):
-        history = [str(split.item_ids[i]) for i in split.histories("test")[user]]
+        history = [str(split.item_ids[i]) for i in histories[user]]
         print(f"\nuser {split.users[user]} recently:")
         for item in history[-5:]:
             print(f"    {_title(titles, split, item)}")
