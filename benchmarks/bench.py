@@ -177,6 +177,7 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
                 "hr_at_10": test.hr_at_10,
                 "ndcg_at_10": test.ndcg_at_10,
                 "mrr": test.mrr,
+                "valid_ndcg_at_10": result.metrics["valid"].ndcg_at_10,
                 "p50_us": timing["recommend"]["p50_us"],
                 "p99_us": timing["recommend"]["p99_us"],
                 "user_tower_p50_us": timing["user_tower"]["p50_us"],
@@ -192,7 +193,7 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
         )
     reference = rows[0]
     for row in rows:
-        for metric in ("hr_at_10", "ndcg_at_10", "mrr"):
+        for metric in ("hr_at_10", "ndcg_at_10", "mrr", "valid_ndcg_at_10"):
             row[f"{metric}_change"] = (row[metric] - reference[metric]) / reference[metric]
         row["size_ratio"] = reference["bundle_bytes"] / row["bundle_bytes"]
         row["gzip_ratio"] = reference["gzip_bytes"] / row["gzip_bytes"]
@@ -210,6 +211,7 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
                     "hr_at_10": result.test.hr_at_10,
                     "ndcg_at_10": result.test.ndcg_at_10,
                     "mrr": result.test.mrr,
+                    "valid_ndcg_at_10": result.valid.ndcg_at_10,
                     "p50_us": None,
                     "p99_us": None,
                     "params": result.params,
@@ -236,14 +238,16 @@ def results_markdown(results: dict[str, Any]) -> str:
     """The results as a Markdown table."""
     lines = [
         "| variant | model KiB | table KiB | gzip KiB | × smaller (raw/gzip) | HR@10 | NDCG@10 "
-        "| ΔNDCG | MRR | tower p50 µs | recommend p50/p99 µs | load ms | RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ΔNDCG | MRR | valid NDCG@10 (Δ) | tower p50 µs | recommend p50/p99 µs | load ms "
+        "| RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         if row["kind"] == "baseline":
             lines.append(
                 f"| baseline: {row['variant']} | | | | | {row['hr_at_10']:.4f} | "
-                f"{row['ndcg_at_10']:.4f} | | {row['mrr']:.4f} | | | | |"
+                f"{row['ndcg_at_10']:.4f} | | {row['mrr']:.4f} | "
+                f"{row['valid_ndcg_at_10']:.4f} | | | | |"
             )
             continue
         lines.append(
@@ -251,7 +255,8 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"{row['table_bytes'] / 1024:.1f} | {row['gzip_bytes'] / 1024:.1f} | "
             f"{row['size_ratio']:.2f} / {row['gzip_ratio']:.2f} | {row['hr_at_10']:.4f} | "
             f"{row['ndcg_at_10']:.4f} | {100 * row['ndcg_at_10_change']:+.1f}% | "
-            f"{row['mrr']:.4f} | {row['user_tower_p50_us']:.0f} | "
+            f"{row['mrr']:.4f} | {row['valid_ndcg_at_10']:.4f} "
+            f"({100 * row['valid_ndcg_at_10_change']:+.1f}%) | {row['user_tower_p50_us']:.0f} | "
             f"{row['p50_us']:.0f} / {row['p99_us']:.0f} | {row['load_ms']:.1f} | "
             f"{row['peak_rss_mb']:.0f} |"
         )
@@ -261,7 +266,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         "",
         f"{results['data']['source']}: {results['data']['users']:,} users, "
         f"{results['data']['items']:,} items; test split of the temporal leave-last-out "
-        f"protocol, full ranking. Latency: {results['calls']} calls after warm-up, 1 thread, "
+        f"protocol (validation where marked), full ranking; Δ is relative to float32. "
+        f"Latency: {results['calls']} calls after warm-up, 1 thread, "
         f"{machine['cpu']} ({machine['cores']} cores); {versions}.",
     ]
     return "\n".join(lines) + "\n"

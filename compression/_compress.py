@@ -176,7 +176,11 @@ def compress(
         else None
     )
     model = post_training_quantize(
-        parts.user_tower, recipe.model_format, representative, batch_size=recipe.batch_size
+        parts.user_tower,
+        recipe.model_format,
+        representative,
+        batch_size=recipe.batch_size,
+        per_channel=recipe.per_channel_weights,
     )
     details: dict[str, Any] = {"recipe": recipe.to_dict(), "steps": list(parts.steps)}
     sparsity = weight_sparsity(parts) if recipe.pruning is not None else None

@@ -36,7 +36,12 @@ class PruningConfig:
     """Magnitude pruning to a target sparsity, reached by a polynomial schedule.
 
     Attributes:
-        target_sparsity: fraction of zeros in every pruned weight after fine-tuning.
+        target_sparsity: fraction of zeros in every pruned weight of the user tower after
+            fine-tuning.
+        table_sparsity: the same for the item table; None: ``target_sparsity``. The table
+            is most of a bundle and loses less accuracy per zero than the tower's kernels
+            (on ML-100K, 75 % of the table alone cost 1.3 % of validation NDCG@10, 75 % of
+            the tower alone 4.3 %).
         begin_fraction, end_fraction: the schedule ramps sparsity from 0 to the target
             between these fractions of the fine-tuning steps; the rest fine-tunes at the
             target.
@@ -47,6 +52,7 @@ class PruningConfig:
     """
 
     target_sparsity: float = 0.75
+    table_sparsity: float | None = None
     begin_fraction: float = 0.0
     end_fraction: float = 0.7
     frequency: int = 10
@@ -54,8 +60,10 @@ class PruningConfig:
     min_weights: int = 256
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.target_sparsity < 1.0:
-            raise ValueError(f"expected 0 < target_sparsity < 1, got {self.target_sparsity}")
+        for name in ("target_sparsity", "table_sparsity"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"expected 0 < {name} < 1, got {value}")
         if not 0.0 <= self.begin_fraction < self.end_fraction <= 1.0:
             raise ValueError(
                 "expected 0 <= begin_fraction < end_fraction <= 1, got "
@@ -63,6 +71,11 @@ class PruningConfig:
             )
         if self.frequency < 1:
             raise ValueError(f"expected frequency >= 1, got {self.frequency}")
+
+    @property
+    def item_table_sparsity(self) -> float:
+        """The table's target: `table_sparsity`, or `target_sparsity` when that is None."""
+        return self.target_sparsity if self.table_sparsity is None else self.table_sparsity
 
 
 @dataclass(frozen=True)

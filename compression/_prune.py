@@ -52,25 +52,28 @@ def prune(
 
     Raises:
         CompressionError: a layer cannot be rebuilt for pruning, or the achieved sparsity
-            of a pruned weight is below ``config.target_sparsity`` (the message names it).
+            of a pruned weight is below its target (the message names it).
     """
     fine_tune_config = fine_tune_config or FineTuneConfig()
     steps = fine_tune_config.steps
-    schedule = tfmot.sparsity.keras.PolynomialDecay(
-        initial_sparsity=0.0,
-        final_sparsity=config.target_sparsity,
-        begin_step=int(config.begin_fraction * steps),
-        # The last mask update must fall inside the run: end on a multiple of frequency.
-        end_step=max(
-            config.frequency,
-            int(config.end_fraction * steps) // config.frequency * config.frequency,
-        ),
-        frequency=config.frequency,
+    begin = int(config.begin_fraction * steps)
+    # The last mask update must fall inside the run: end on a multiple of frequency.
+    end = max(
+        config.frequency, int(config.end_fraction * steps) // config.frequency * config.frequency
     )
-    if schedule.end_step >= steps:
+    if end >= steps:
         raise ValueError(
             f"fine-tuning of {steps} steps is too short for mask updates every "
             f"{config.frequency} steps; raise FineTuneConfig.steps or lower frequency"
+        )
+
+    def schedule(final_sparsity: float) -> tfmot.sparsity.keras.PolynomialDecay:
+        return tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=0.0,
+            final_sparsity=final_sparsity,
+            begin_step=begin,
+            end_step=end,
+            frequency=config.frequency,
         )
 
     wrapped: list[str] = []
@@ -78,7 +81,9 @@ def prune(
     def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
         if _prunable(layer, config.min_weights):
             wrapped.append(layer.name)
-            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+            return tfmot.sparsity.keras.prune_low_magnitude(
+                layer, pruning_schedule=schedule(config.target_sparsity)
+            )
         return layer
 
     network = rewrap(private_copy(parts.network), wrap)
@@ -86,7 +91,9 @@ def prune(
         raise CompressionError(_NOTHING_TO_PRUNE.format(min_weights=config.min_weights))
     table = item_table_layer(parts, trainable=config.prune_item_table)
     if config.prune_item_table:
-        table = tfmot.sparsity.keras.prune_low_magnitude(table, pruning_schedule=schedule)
+        table = tfmot.sparsity.keras.prune_low_magnitude(
+            table, pruning_schedule=schedule(config.item_table_sparsity)
+        )
     model = fine_tune(
         parts,
         network,
@@ -98,8 +105,11 @@ def prune(
     stripped = tfmot.sparsity.keras.strip_pruning(model)
     pruned_network = private_copy(parts.network)
     copy_weights(stripped.get_layer(network.name), pruned_network)
+    step = f"prune({config.target_sparsity:g}"
+    if config.prune_item_table and config.table_sparsity is not None:
+        step += f", table {config.table_sparsity:g}"
     pruned = parts.with_step(
-        f"prune({config.target_sparsity:g})",
+        f"{step})",
         pruned_network,
         stripped.get_layer(ITEM_TABLE_LAYER).get_weights()[0].astype(np.float32),
     )
@@ -146,17 +156,22 @@ def _check_sparsity(parts: ModelParts, config: PruningConfig) -> None:
     checked = {k: v for k, v in sparsity.items() if k != "overall"}
     if not config.prune_item_table:
         checked.pop(ITEM_TABLE_LAYER)
+    targets = {name: config.target_sparsity for name in checked}
+    targets[ITEM_TABLE_LAYER] = config.item_table_sparsity
     short = {
         name: value
         for name, value in checked.items()
-        if value < config.target_sparsity - _SPARSITY_TOLERANCE
+        if value < targets[name] - _SPARSITY_TOLERANCE
     }
     if not checked:
         raise CompressionError(_NOTHING_TO_PRUNE.format(min_weights=config.min_weights))
     if short:
-        listed = ", ".join(f"{name} {value:.3f}" for name, value in sorted(short.items()))
+        listed = ", ".join(
+            f"{name} {value:.3f} (target {targets[name]:g})"
+            for name, value in sorted(short.items())
+        )
         raise CompressionError(
-            f"pruning reached less than the target sparsity {config.target_sparsity:g}: "
-            f"{listed}. Raise FineTuneConfig.steps or lower PruningConfig.frequency so that "
+            f"pruning reached less than the target sparsity: {listed}. Raise "
+            "FineTuneConfig.steps or lower PruningConfig.frequency so that "
             "the schedule's last mask update happens"
         )

@@ -24,6 +24,7 @@ def post_training_quantize(
     representative: RepresentativeData | None = None,
     *,
     batch_size: int | None = None,
+    per_channel: bool = True,
 ) -> bytes:
     """Converts ``user_tower`` to a LiteRT flatbuffer with ``mode`` quantization.
 
@@ -34,6 +35,8 @@ def post_training_quantize(
         representative: for ``"int8"``, samples ``{"history": [1, L, D], "mask": [1, L]}``
             drawn from real histories (see `representative_histories`).
         batch_size: fix the batch dimension (1 for GPU delegates); None keeps it dynamic.
+        per_channel: int8 weight scales per output channel (the converter's default), or
+            one per tensor when False (smaller; check the accuracy).
 
     Raises:
         ValueError: unknown ``mode`` or missing representative data for ``"int8"``.
@@ -42,7 +45,11 @@ def post_training_quantize(
     if mode not in QUANTIZATIONS:
         raise ValueError(f"expected mode in {QUANTIZATIONS}, got {mode!r}")
     return to_tflite(
-        user_tower, quantization=mode, representative_data=representative, batch_size=batch_size
+        user_tower,
+        quantization=mode,
+        representative_data=representative,
+        batch_size=batch_size,
+        per_channel=per_channel,
     )
 
 
@@ -75,7 +82,7 @@ def quantize_table(vectors: np.ndarray, dtype: str) -> ItemTable:
     """The item table as shipped: ``vectors`` float32 ``[N, D]`` stored as ``dtype``.
 
     ``"float32"``, ``"float16"``, ``"int8"`` or ``"int4"`` (row-wise symmetric with a
-    float32 scale per row; int4 packs two values a byte). This is the SDK's
+    float16 scale per row; int4 packs two values a byte). This is the SDK's
     ``ItemTable.quantize``, so scores computed here are the device's.
     """
     if dtype not in DTYPES:

@@ -15,6 +15,7 @@ ROW_FIELDS = {
     "gzip_bytes": int,
     "hr_at_10": float,
     "ndcg_at_10": float,
+    "valid_ndcg_at_10": float,
     "p50_us": float,
     "p99_us": float,
 }
@@ -57,6 +58,7 @@ def test_every_variant_row_has_the_documented_fields_and_sane_values(quick_run):
         assert row["tensorflow_loaded_on_device"] is False
     float32, int8, int4 = bundles
     assert float32["ndcg_at_10_change"] == 0.0
+    assert float32["valid_ndcg_at_10_change"] == 0.0
     assert int8["table_bytes"] < float32["table_bytes"] / 3
     assert int4["table_bytes"] < int8["table_bytes"]
 

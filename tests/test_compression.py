@@ -47,6 +47,7 @@ from pocketrec.compression import (
     quantize_table,
     representative_histories,
     user_ndcg_at_10,
+    weight_sparsity,
 )
 from pocketrec.compression._auto import REPORT_JSON, REPORT_MARKDOWN
 from pocketrec.errors import CompressionError
@@ -197,13 +198,26 @@ def test_pruned_recipe_reaches_its_sparsity_in_tower_and_shipped_table(
     bundles: dict[str, CompressionResult],
 ) -> None:
     result = bundles["pruned+int8"]
-    target = RECIPES["pruned+int8"].pruning.target_sparsity
+    pruning = RECIPES["pruned+int8"].pruning
     assert result.sparsity is not None
-    assert min(result.sparsity.values()) >= target - 0.005
+    tower = {k: v for k, v in result.sparsity.items() if k not in ("item_table", "overall")}
+    assert tower
+    assert min(tower.values()) >= pruning.target_sparsity - 0.005
+    assert result.sparsity["item_table"] >= pruning.item_table_sparsity - 0.005
     # Row-wise int8 keeps zeros at zero: the table that ships is as sparse.
     shipped = _shipped_table(result).dequantized()
-    assert np.mean(shipped == 0) >= target - 0.005
-    assert result.steps == ("prune(0.75)",)
+    assert np.mean(shipped == 0) >= pruning.item_table_sparsity - 0.005
+    assert result.steps[0].startswith(f"prune({pruning.target_sparsity:g}")
+
+
+def test_tower_and_table_reach_their_own_sparsity(parts: ModelParts, split: Split) -> None:
+    pruned = prune(parts, PruningConfig(target_sparsity=0.5, table_sparsity=0.9), split, FINE_TUNE)
+    sparsity = weight_sparsity(pruned)
+    tower = [v for k, v in sparsity.items() if k not in ("item_table", "overall")]
+    assert tower
+    assert all(abs(value - 0.5) < 0.01 for value in tower)
+    assert sparsity["item_table"] == pytest.approx(0.9, abs=0.01)
+    assert pruned.steps == ("prune(0.5, table 0.9)",)
 
 
 def test_pruned_bundle_is_smaller_gzipped_than_the_int8_bundle(
@@ -353,6 +367,16 @@ def test_representative_histories_are_real_histories_from_the_shipped_table(
 def test_int8_conversion_without_calibration_data_is_refused(trained: TrainedModel) -> None:
     with pytest.raises(ValueError, match="representative"):
         post_training_quantize(trained.user_tower, "int8")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"target_sparsity": 1.0}, {"table_sparsity": 0.0}, {"end_fraction": 0.0}, {"frequency": 0}],
+)
+def test_pruning_config_refuses_values_out_of_range(changes: dict[str, float]) -> None:
+    name = next(iter(changes))
+    with pytest.raises(ValueError, match=name):
+        PruningConfig(**changes)
 
 
 @pytest.mark.parametrize(

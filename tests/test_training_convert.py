@@ -106,6 +106,50 @@ def test_fixed_batch_size_is_kept_in_the_signature() -> None:
     )
 
 
+def test_inner_tensors_lose_their_names_and_constants_stay_aligned() -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = to_tflite(tower())
+    interpreter = Interpreter(model_content=model)
+    runner = interpreter.get_signature_runner("user_vector")
+    io_tensors = {d["index"] for d in runner.get_input_details().values()} | {
+        d["index"] for d in runner.get_output_details().values()
+    }
+    named = {d["index"] for d in interpreter.get_tensor_details() if d["name"]}
+    assert named == io_tensors
+    parsed = schema.Model.GetRootAs(model, 0)
+    starts = []
+    for index in range(parsed.BuffersLength()):
+        table = parsed.Buffers(index)._tab
+        field = table.Offset(4)  # Buffer.data
+        if field and table.VectorLen(field):
+            starts.append(table.Vector(field))
+    assert len(starts) >= 8  # the kernels, biases and norms of the block
+    assert all(start % 16 == 0 for start in starts)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_int8_weight_scales_per_channel_or_per_tensor(per_channel: bool) -> None:
+    history, mask = random_inputs(18, L, D, seed=3)
+
+    def representative():
+        for row in range(len(history)):
+            yield {"history": history[row : row + 1], "mask": mask[row : row + 1]}
+
+    model = to_tflite(
+        tower(), quantization="int8", representative_data=representative, per_channel=per_channel
+    )
+    interpreter = Interpreter(model_content=model)
+    scale_counts = {
+        len(d["quantization_parameters"]["scales"])
+        for d in interpreter.get_tensor_details()
+        if d["dtype"] == np.int8 and len(d["shape"]) == 2 and min(d["shape"]) >= D
+    }
+    assert scale_counts == ({D, CONFIG.ffn_dim} if per_channel else {1})
+    output = run_tflite(model, history, mask)
+    assert np.abs(output - keras_vectors(tower(), history, mask)).mean() < 0.35
+
+
 @pytest.mark.parametrize("encoder", ["mean", "gru"])
 def test_other_encoders_convert_and_match_keras(encoder: str) -> None:
     model = build_user_tower(tiny_model_config(encoder=encoder))
