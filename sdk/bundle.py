@@ -27,7 +27,9 @@ from pocketrec.sdk._ranking import top_k
 from pocketrec.sdk._runtime import SIGNATURE_KEY, UserTower, model_op_types
 from pocketrec.sdk.table import ItemTable
 
-FORMAT_VERSION = 1
+# 2: integer tables may store float16 row scales. Version 1 bundles still open.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "user_tower.tflite"
 ITEMS_FILE = "items.json"
@@ -178,10 +180,11 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise BundleError(f"{path} must hold a JSON object, found {type(manifest).__name__}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS or isinstance(version, bool):
+        readable = ", ".join(map(str, READABLE_FORMAT_VERSIONS))
         raise BundleError(
-            f"{path}: this SDK reads bundle format_version {FORMAT_VERSION}, found {version!r}; "
-            "rewrite the bundle with this version of pocketrec"
+            f"{path}: this SDK reads bundle format_version {readable}, found {version!r}; "
+            "rewrite the bundle with this version of pocketrec, or update the SDK"
         )
     for key, kind in _REQUIRED.items():
         value = manifest.get(key)

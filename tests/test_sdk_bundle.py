@@ -50,7 +50,7 @@ def _rewrite_manifest(bundle: Path, change) -> None:
 
 def test_manifest_describes_the_bundle(bundle_template) -> None:
     manifest = read_manifest(bundle_template)
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["item_count"] == NUM_ITEMS
     assert manifest["embedding_dim"] == DIM
     assert manifest["history_length"] == HISTORY_LENGTH
@@ -171,8 +171,10 @@ def test_verify_refuses_a_table_shape_that_disagrees_with_the_manifest(bundle) -
 
 
 def test_read_manifest_refuses_another_format_version_and_bad_json(bundle) -> None:
-    _rewrite_manifest(bundle, lambda m: m.update({"format_version": 2}))
-    with pytest.raises(BundleError, match="format_version 1, found 2"):
+    _rewrite_manifest(bundle, lambda m: m.update({"format_version": 1}))
+    assert read_manifest(bundle)["format_version"] == 1  # written before float16 scales
+    _rewrite_manifest(bundle, lambda m: m.update({"format_version": 3}))
+    with pytest.raises(BundleError, match=r"format_version 1, 2, found 3; .*update the SDK"):
         read_manifest(bundle)
     (bundle / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
