@@ -19,9 +19,12 @@ def strip_names(model: bytes) -> bytes:
 
     The converter names every tensor after the TensorFlow op it came from (about 40 bytes
     each, 7 KB for a user tower). Signatures and the tensors they name keep their names,
-    so signature runners and ``get_input_details`` see the same model.
+    so signature runners and ``get_input_details`` see the same model. A model whose
+    constants live after the flatbuffer (buffer offsets, used past 2 GB) is returned as is.
     """
     parsed = schema.ModelT.InitFromPackedBuf(model, 0)
+    if any(buffer.offset for buffer in parsed.buffers):
+        return model
     kept = {
         (signature.subgraphIndex, tensor.tensorIndex)
         for signature in parsed.signatureDefs or []
