@@ -15,17 +15,20 @@ from pocketrec.compression._configs import ClusteringConfig, FineTuneConfig
 from pocketrec.compression._parts import (
     ITEM_TABLE_LAYER,
     ModelParts,
-    copy_weights,
+    WeightRegistry,
     fine_tune,
+    in_registry,
     item_table_layer,
+    parts_from_stripped,
     private_copy,
+    registry_weights,
     rewrap,
 )
 from pocketrec.errors import CompressionError
 from pocketrec.evaluation import Split
 
 # Layer types whose kernels tfmot clusters (its ClusteringRegistry), and the weights counted.
-CLUSTERABLE_LAYERS: dict[type, tuple[str, ...]] = {
+CLUSTERABLE_LAYERS: WeightRegistry = {
     tf_keras.layers.Dense: ("kernel",),
     tf_keras.layers.Embedding: ("embeddings",),
     tf_keras.layers.Conv1D: ("kernel",),
@@ -54,7 +57,7 @@ def cluster(
     }
 
     def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
-        if _clusterable(layer, config.min_weights):
+        if in_registry(layer, CLUSTERABLE_LAYERS, config.min_weights):
             return tfmot.clustering.keras.cluster_weights(layer, **options)
         return layer
 
@@ -64,12 +67,8 @@ def cluster(
         table = tfmot.clustering.keras.cluster_weights(table, **options)
     model = fine_tune(parts, network, table, split, fine_tune_config)
     stripped = tfmot.clustering.keras.strip_clustering(model)
-    clustered_network = private_copy(parts.network)
-    copy_weights(stripped.get_layer(network.name), clustered_network)
-    clustered = parts.with_step(
-        f"cluster({config.num_clusters})",
-        clustered_network,
-        stripped.get_layer(ITEM_TABLE_LAYER).get_weights()[0].astype(np.float32),
+    clustered = parts_from_stripped(
+        parts, f"cluster({config.num_clusters})", stripped, network.name
     )
     counts = unique_weight_counts(clustered, config.min_weights)
     if not config.cluster_item_table:
@@ -86,18 +85,9 @@ def cluster(
 
 def unique_weight_counts(parts: ModelParts, min_weights: int = 256) -> dict[str, int]:
     """Distinct values per clusterable weight (``layer/weight``) and of the item table."""
-    counts: dict[str, int] = {}
-    for layer in parts.network.layers:
-        if not _clusterable(layer, min_weights):
-            continue
-        suffixes = CLUSTERABLE_LAYERS[type(layer)]
-        for weight in layer.weights:
-            short = weight.name.split("/")[-1].split(":")[0]
-            if short in suffixes:
-                counts[f"{layer.name}/{short}"] = int(np.unique(weight.numpy()).size)
+    counts = {
+        name: int(np.unique(values).size)
+        for name, values in registry_weights(parts.network, CLUSTERABLE_LAYERS, min_weights)
+    }
     counts[ITEM_TABLE_LAYER] = int(np.unique(np.asarray(parts.item_vectors)).size)
     return counts
-
-
-def _clusterable(layer: tf_keras.layers.Layer, min_weights: int) -> bool:
-    return type(layer) in CLUSTERABLE_LAYERS and layer.count_params() >= min_weights

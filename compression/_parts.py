@@ -150,6 +150,45 @@ def copy_weights(source: tf_keras.Model, target: tf_keras.Model) -> None:
             layer.set_weights(by_name[layer.name].get_weights())
 
 
+# Layer type -> names of the weights a tfmot registry acts on (e.g. ``("kernel",)``).
+WeightRegistry = dict[type, tuple[str, ...]]
+
+
+def in_registry(layer: tf_keras.layers.Layer, registry: WeightRegistry, min_weights: int) -> bool:
+    """Whether ``layer`` is of a type in ``registry`` with at least ``min_weights`` weights."""
+    return type(layer) in registry and layer.count_params() >= min_weights
+
+
+def registry_weights(
+    network: tf_keras.Model, registry: WeightRegistry, min_weights: int
+) -> list[tuple[str, np.ndarray]]:
+    """``("layer/weight", values)`` of each weight of ``network`` that ``registry`` names."""
+    found = []
+    for layer in network.layers:
+        if not in_registry(layer, registry, min_weights):
+            continue
+        for weight in layer.weights:
+            short = weight.name.split("/")[-1].split(":")[0]
+            if short in registry[type(layer)]:
+                found.append((f"{layer.name}/{short}", weight.numpy()))
+    return found
+
+
+def parts_from_stripped(
+    parts: ModelParts, step: str, stripped: tf_keras.Model, network_name: str
+) -> ModelParts:
+    """New parts from a fine-tuning model whose tfmot wrappers were stripped.
+
+    The network inside ``stripped`` (called ``network_name``) is copied into a private
+    copy of ``parts.network`` with its original layers; the table comes from the stripped
+    `ITEM_TABLE_LAYER`.
+    """
+    network = private_copy(parts.network)
+    copy_weights(stripped.get_layer(network_name), network)
+    table = stripped.get_layer(ITEM_TABLE_LAYER).get_weights()[0].astype(np.float32)
+    return parts.with_step(step, network, table)
+
+
 def window_batches(
     split: Split, history_length: int, batch_size: int, seed: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

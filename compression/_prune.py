@@ -15,17 +15,20 @@ from pocketrec.compression._configs import FineTuneConfig, PruningConfig
 from pocketrec.compression._parts import (
     ITEM_TABLE_LAYER,
     ModelParts,
-    copy_weights,
+    WeightRegistry,
     fine_tune,
+    in_registry,
     item_table_layer,
+    parts_from_stripped,
     private_copy,
+    registry_weights,
     rewrap,
 )
 from pocketrec.errors import CompressionError
 from pocketrec.evaluation import Split
 
 # Layer types whose kernels tfmot prunes (its PruneRegistry), and the weights counted.
-PRUNABLE_LAYERS: dict[type, tuple[str, ...]] = {
+PRUNABLE_LAYERS: WeightRegistry = {
     tf_keras.layers.Dense: ("kernel",),
     tf_keras.layers.Embedding: ("embeddings",),
     tf_keras.layers.MultiHeadAttention: ("kernel",),
@@ -79,7 +82,7 @@ def prune(
     wrapped: list[str] = []
 
     def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
-        if _prunable(layer, config.min_weights):
+        if in_registry(layer, PRUNABLE_LAYERS, config.min_weights):
             wrapped.append(layer.name)
             return tfmot.sparsity.keras.prune_low_magnitude(
                 layer, pruning_schedule=schedule(config.target_sparsity)
@@ -102,17 +105,11 @@ def prune(
         fine_tune_config,
         callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
     )
-    stripped = tfmot.sparsity.keras.strip_pruning(model)
-    pruned_network = private_copy(parts.network)
-    copy_weights(stripped.get_layer(network.name), pruned_network)
     step = f"prune({config.target_sparsity:g}"
     if config.prune_item_table and config.table_sparsity is not None:
         step += f", table {config.table_sparsity:g}"
-    pruned = parts.with_step(
-        f"{step})",
-        pruned_network,
-        stripped.get_layer(ITEM_TABLE_LAYER).get_weights()[0].astype(np.float32),
-    )
+    stripped = tfmot.sparsity.keras.strip_pruning(model)
+    pruned = parts_from_stripped(parts, f"{step})", stripped, network.name)
     _check_sparsity(pruned, config)
     return pruned
 
@@ -124,7 +121,7 @@ def weight_sparsity(parts: ModelParts, min_weights: int = 256) -> dict[str, floa
     """
     sparsity: dict[str, float] = {}
     zeros = total = 0
-    for name, values in _prunable_weights(parts.network, min_weights):
+    for name, values in registry_weights(parts.network, PRUNABLE_LAYERS, min_weights):
         sparsity[name] = float(np.mean(values == 0))
         zeros, total = zeros + int(np.sum(values == 0)), total + values.size
     table = np.asarray(parts.item_vectors)
@@ -132,23 +129,6 @@ def weight_sparsity(parts: ModelParts, min_weights: int = 256) -> dict[str, floa
     zeros, total = zeros + int(np.sum(table == 0)), total + table.size
     sparsity["overall"] = zeros / total
     return sparsity
-
-
-def _prunable(layer: tf_keras.layers.Layer, min_weights: int) -> bool:
-    return type(layer) in PRUNABLE_LAYERS and layer.count_params() >= min_weights
-
-
-def _prunable_weights(network: tf_keras.Model, min_weights: int) -> list[tuple[str, np.ndarray]]:
-    found = []
-    for layer in network.layers:
-        if not _prunable(layer, min_weights):
-            continue
-        suffixes = PRUNABLE_LAYERS[type(layer)]
-        for weight in layer.weights:
-            short = weight.name.split("/")[-1].split(":")[0]
-            if short in suffixes:
-                found.append((f"{layer.name}/{short}", weight.numpy()))
-    return found
 
 
 def _check_sparsity(parts: ModelParts, config: PruningConfig) -> None:
