@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,3 +181,21 @@ def write_tiny_bundle(out_dir: Path, *, dtype: str = "float32", **kwargs: Any) -
     }
     arguments.update(kwargs)
     return write_bundle(out_dir, **arguments)
+
+
+def run_in_threads(work: Callable[[int], None], count: int) -> list[BaseException]:
+    """Runs ``work(t)`` for ``t`` in ``range(count)``, one thread each; returns what they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(t: int) -> None:
+        try:
+            work(t)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 
 import pytest
+from _sdk_fixtures import run_in_threads
 
 from pocketrec.sdk import HistoryStore
 
@@ -57,22 +57,13 @@ def test_reopening_the_same_path_gives_the_same_history(tmp_path) -> None:
 
 def test_concurrent_appends_from_many_threads_are_all_kept(tmp_path) -> None:
     store = HistoryStore(tmp_path / "history.db", max_events=10_000)
-    errors: list[BaseException] = []
 
     def worker(t: int) -> None:
-        try:
-            for i in range(50):
-                store.append(f"user{t % 2}", f"t{t}-{i}")
-                store.recent(f"user{t % 2}", 5)
-        except BaseException as exc:
-            errors.append(exc)
+        for i in range(50):
+            store.append(f"user{t % 2}", f"t{t}-{i}")
+            store.recent(f"user{t % 2}", 5)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_in_threads(worker, 8) == []
     for user in ("user0", "user1"):
         items = store.recent(user, 10_000)
         assert len(items) == 200

@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from _sdk_fixtures import (
     NUM_ITEMS,
     item_ids,
     item_vectors,
+    run_in_threads,
     user_tower,
     write_tiny_bundle,
 )
@@ -166,24 +166,16 @@ def test_many_threads_get_the_same_results_as_one(bundle) -> None:
     with Recommender.open(bundle, interpreter_pool_size=3) as rec:
         serial = [rec.recommend(h, k=5) for h in histories]
         results: list[tuple[int, object]] = []
-        errors: list[BaseException] = []
 
         def worker(t: int) -> None:
             # Each thread walks the histories from a different start, so calls interleave.
             order = [(t * 3 + i) % len(histories) for i in range(len(histories))]
-            try:
-                for _ in range(5):
-                    for i in order:
-                        results.append((i, rec.recommend(histories[i], k=5)))
-                    rec.score_rows([[t, t + 1]])
-            except BaseException as exc:
-                errors.append(exc)
+            for _ in range(5):
+                for i in order:
+                    results.append((i, rec.recommend(histories[i], k=5)))
+                rec.score_rows([[t, t + 1]])
 
-        threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        errors = run_in_threads(worker, 8)
     assert errors == []
     assert len(results) == 8 * 5 * len(histories)
     for i, result in results:
