@@ -22,3 +22,11 @@ class BundleError(PocketrecError):
 
 class CompressionError(PocketrecError):
     """A model that cannot be compressed as asked, or a conversion that failed."""
+
+
+class ConversionError(PocketrecError):
+    """A model that the TFLite converter could not convert as asked."""
+
+
+class HistoryStoreError(PocketrecError):
+    """The on-device history store cannot be read or written (corrupt, locked, closed)."""
