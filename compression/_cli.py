@@ -145,7 +145,7 @@ def _list_recipes() -> int:
 
     for recipe in list_recipes():
         print(
-            f"{recipe.name:16} model {recipe.model_format:8} table {recipe.table_format:8} "
+            f"{recipe.name:16} model {recipe.quantization:8} table {recipe.table_dtype:8} "
             f"{recipe.accelerator:4} {recipe.description}"
         )
     return 0

@@ -169,15 +169,15 @@ def compress(
     started = time.perf_counter()
     recipe = get_recipe(recipe)
     parts = apply_steps(checked_parts(source, split), recipe, split)
-    table = quantize_table(parts.item_vectors, recipe.table_format)
+    table = quantize_table(parts.item_vectors, recipe.table_dtype)
     representative = (
         representative_histories(split, table, parts.history_length)
-        if recipe.model_format == "int8"
+        if recipe.quantization == "int8"
         else None
     )
     model = post_training_quantize(
         parts.user_tower,
-        recipe.model_format,
+        recipe.quantization,
         representative,
         batch_size=recipe.batch_size,
         per_channel=recipe.per_channel_weights,
@@ -197,7 +197,7 @@ def compress(
         "items_metadata": _items_metadata(split),
         "model_version": model_version,
         "recipe": recipe.name,
-        "quantization": recipe.model_format,
+        "quantization": recipe.quantization,
         "accelerator": recipe.accelerator,
         "extra": {"compression": details},
     }

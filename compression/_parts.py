@@ -22,6 +22,7 @@ import tf_keras
 from pocketrec.compression._configs import FineTuneConfig
 from pocketrec.errors import CompressionError
 from pocketrec.evaluation import Split
+from pocketrec.sdk.contract import HISTORY_INPUT, MASK_INPUT
 from pocketrec.training.convert import user_tower_shape
 from pocketrec.training.model import user_tower_from_encoder
 from pocketrec.training.train import make_windows
@@ -220,9 +221,9 @@ def build_fine_tune_model(
     as on the device where both come from the shipped table.
     """
     rows = tf_keras.Input((history_length,), dtype=tf.int32, name="items")
-    mask = tf_keras.Input((history_length,), dtype=tf.float32, name="positions")
+    mask = tf_keras.Input((history_length,), dtype=tf.float32, name=MASK_INPUT)
     history = table(rows) * mask[:, :, None]
-    outputs = network({"history": history, "mask": mask})
+    outputs = network({HISTORY_INPUT: history, MASK_INPUT: mask})
     return tf_keras.Model([rows, mask], outputs, name="fine_tune")
 
 

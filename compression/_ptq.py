@@ -6,31 +6,36 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tf_keras
 
 from pocketrec.evaluation import Split
-from pocketrec.sdk import DTYPES, ItemTable, encode_histories
-from pocketrec.training.convert import QUANTIZATIONS, to_tflite
-
-RepresentativeData = Callable[[], Iterable[dict[str, np.ndarray]]]
+from pocketrec.sdk import ItemTable, encode_histories
+from pocketrec.sdk.contract import (
+    HISTORY_INPUT,
+    MASK_INPUT,
+    TABLE_DTYPES,
+    RepresentativeData,
+    check_choice,
+)
+from pocketrec.training.convert import to_tflite
 
 
 def post_training_quantize(
     user_tower: tf_keras.Model,
-    mode: str,
+    quantization: str,
     representative: RepresentativeData | None = None,
     *,
     batch_size: int | None = None,
     per_channel: bool = True,
 ) -> bytes:
-    """Converts ``user_tower`` to a LiteRT flatbuffer with ``mode`` quantization.
+    """Converts ``user_tower`` to a LiteRT flatbuffer with ``quantization``.
 
     Args:
         user_tower: tf_keras model of the contract (``history``, ``mask`` -> ``user_vector``).
-        mode: ``"float32"``, ``"dynamic"`` (int8 weights, float kernels), ``"float16"``
+        quantization: ``"float32"``, ``"dynamic"`` (int8 weights, float kernels), ``"float16"``
             (float16 weights) or ``"int8"`` (full-integer kernels, float32 inputs/outputs).
         representative: for ``"int8"``, samples ``{"history": [1, L, D], "mask": [1, L]}``
             drawn from real histories (see `representative_histories`).
@@ -39,14 +44,12 @@ def post_training_quantize(
             one per tensor when False (smaller; check the accuracy).
 
     Raises:
-        ValueError: unknown ``mode`` or missing representative data for ``"int8"``.
-        CompressionError: the converter failed (its message is kept).
+        ValueError: unknown ``quantization`` or missing representative data for ``"int8"``.
+        ConversionError: the converter failed (its message is kept).
     """
-    if mode not in QUANTIZATIONS:
-        raise ValueError(f"expected mode in {QUANTIZATIONS}, got {mode!r}")
     return to_tflite(
         user_tower,
-        quantization=mode,
+        quantization=quantization,
         representative_data=representative,
         batch_size=batch_size,
         per_channel=per_channel,
@@ -73,7 +76,7 @@ def representative_histories(
 
     def samples_() -> Iterator[dict[str, np.ndarray]]:
         for row in range(history.shape[0]):
-            yield {"history": history[row : row + 1], "mask": mask[row : row + 1]}
+            yield {HISTORY_INPUT: history[row : row + 1], MASK_INPUT: mask[row : row + 1]}
 
     return samples_
 
@@ -85,6 +88,5 @@ def quantize_table(vectors: np.ndarray, dtype: str) -> ItemTable:
     float16 scale per row; int4 packs two values a byte). This is the SDK's
     ``ItemTable.quantize``, so scores computed here are the device's.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"expected table dtype in {DTYPES}, got {dtype!r}")
+    check_choice(dtype, TABLE_DTYPES, "table dtype")
     return ItemTable.quantize(np.asarray(vectors, dtype=np.float32), dtype)

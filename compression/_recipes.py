@@ -11,10 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pocketrec.compression._configs import ClusteringConfig, FineTuneConfig, PruningConfig
-
-MODEL_FORMATS = ("float32", "dynamic", "float16", "int8")
-TABLE_FORMATS = ("float32", "float16", "int8", "int4")
-ACCELERATORS = ("cpu", "gpu")
+from pocketrec.sdk.contract import ACCELERATORS, QUANTIZATIONS, TABLE_DTYPES, check_choice
 
 
 @dataclass(frozen=True)
@@ -24,12 +21,12 @@ class Recipe:
     Attributes:
         name: the recipe's name (recorded in the bundle manifest).
         description: one line for ``--list-recipes`` and reports.
-        model_format: post-training quantization of the user tower (`MODEL_FORMATS`).
-        table_format: stored form of the item table (`TABLE_FORMATS`).
+        quantization: post-training quantization of the user tower (`QUANTIZATIONS`).
+        table_dtype: stored form of the item table (`TABLE_DTYPES`).
         pruning: magnitude pruning while fine-tuning, or None.
         clustering: weight clustering while fine-tuning, or None.
         quantization_aware: fine-tune the Dense layers with fake int8 quantization first
-            (needs ``model_format="int8"``).
+            (needs ``quantization="int8"``).
         accelerator: the intended accelerator, recorded in the manifest.
         batch_size: fixed batch dimension of the converted model (1 for GPU delegates);
             None keeps it dynamic.
@@ -41,8 +38,8 @@ class Recipe:
 
     name: str
     description: str
-    model_format: str = "float32"
-    table_format: str = "float32"
+    quantization: str = "float32"
+    table_dtype: str = "float32"
     pruning: PruningConfig | None = None
     clustering: ClusteringConfig | None = None
     quantization_aware: bool = False
@@ -52,21 +49,18 @@ class Recipe:
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
 
     def __post_init__(self) -> None:
-        if self.model_format not in MODEL_FORMATS:
-            raise ValueError(f"expected model_format in {MODEL_FORMATS}, got {self.model_format!r}")
-        if self.table_format not in TABLE_FORMATS:
-            raise ValueError(f"expected table_format in {TABLE_FORMATS}, got {self.table_format!r}")
-        if self.accelerator not in ACCELERATORS:
-            raise ValueError(f"expected accelerator in {ACCELERATORS}, got {self.accelerator!r}")
-        if self.quantization_aware and self.model_format != "int8":
+        check_choice(self.quantization, QUANTIZATIONS, "quantization")
+        check_choice(self.table_dtype, TABLE_DTYPES, "table_dtype")
+        check_choice(self.accelerator, ACCELERATORS, "accelerator")
+        if self.quantization_aware and self.quantization != "int8":
             raise ValueError(
-                "quantization_aware=True learns int8 ranges: it needs model_format='int8', "
-                f"got {self.model_format!r}"
+                "quantization_aware=True learns int8 ranges: it needs quantization='int8', "
+                f"got {self.quantization!r}"
             )
-        if self.accelerator == "gpu" and self.model_format not in ("float32", "float16"):
+        if self.accelerator == "gpu" and self.quantization not in ("float32", "float16"):
             raise ValueError(
-                "GPU delegates compute in float: accelerator='gpu' needs model_format "
-                f"'float16' or 'float32', got {self.model_format!r}"
+                "GPU delegates compute in float: accelerator='gpu' needs quantization "
+                f"'float16' or 'float32', got {self.quantization!r}"
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"expected batch_size >= 1 or None, got {self.batch_size}")
@@ -81,8 +75,8 @@ class Recipe:
         return {
             "name": self.name,
             "description": self.description,
-            "model_format": self.model_format,
-            "table_format": self.table_format,
+            "quantization": self.quantization,
+            "table_dtype": self.table_dtype,
             "pruning": None if self.pruning is None else vars(self.pruning),
             "clustering": None if self.clustering is None else vars(self.clustering),
             "quantization_aware": self.quantization_aware,

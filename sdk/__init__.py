@@ -5,28 +5,32 @@ Needs only numpy, the LiteRT interpreter and sqlite3; never TensorFlow.
 
 from pocketrec.sdk._encoding import encode_histories
 from pocketrec.sdk._history import HistoryStore
-from pocketrec.sdk._runtime import SIGNATURE_KEY, UserTower, model_op_types
+from pocketrec.sdk._runtime import UserTower, model_op_types
 from pocketrec.sdk.bundle import (
     FORMAT_VERSION,
     GOLDEN_TOLERANCE,
+    Bundle,
     bundle_size,
     read_manifest,
     verify_bundle,
     write_bundle,
 )
+from pocketrec.sdk.contract import QUANTIZATIONS, SIGNATURE_KEY, TABLE_DTYPES
 from pocketrec.sdk.recommender import (
     Recommendation,
     Recommendations,
     Recommender,
     RecommenderOptions,
 )
-from pocketrec.sdk.table import DTYPES, ItemTable
+from pocketrec.sdk.table import ItemTable
 
 __all__ = [
-    "DTYPES",
     "FORMAT_VERSION",
     "GOLDEN_TOLERANCE",
+    "QUANTIZATIONS",
     "SIGNATURE_KEY",
+    "TABLE_DTYPES",
+    "Bundle",
     "HistoryStore",
     "ItemTable",
     "Recommendation",

@@ -1,8 +1,7 @@
 """Runs the user tower ``.tflite`` with the LiteRT interpreter.
 
-Model contract (signature key ``user_vector``, see docs/architecture.md):
-inputs ``history`` float32 ``[B, L, D]`` and ``mask`` float32 ``[B, L]``, output
-``user_vector`` float32 ``[B, D]``; the batch dimension should be dynamic (``-1``).
+The model contract is `pocketrec.sdk.contract`'s; the batch dimension should be dynamic
+(``-1``), and a model fixed to batch 1 runs one history per call.
 """
 
 from __future__ import annotations
@@ -14,18 +13,18 @@ from typing import Any
 import numpy as np
 
 from pocketrec.errors import BundleError
+from pocketrec.sdk.contract import HISTORY_INPUT, MASK_INPUT, SIGNATURE_KEY, USER_VECTOR_OUTPUT
 
 try:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 except ImportError:  # Older devices ship only the standalone runtime.
     from tflite_runtime.interpreter import Interpreter, OpResolverType
 
-SIGNATURE_KEY = "user_vector"
-_INPUTS = ("history", "mask")
-_OUTPUTS = ("user_vector",)
+_INPUTS = (HISTORY_INPUT, MASK_INPUT)
+_OUTPUTS = (USER_VECTOR_OUTPUT,)
 _EXPECTED = (
-    f"signature {SIGNATURE_KEY!r} with inputs history float32 [B, L, D] and mask float32 "
-    f"[B, L], output user_vector float32 [B, D]"
+    f"signature {SIGNATURE_KEY!r} with inputs {HISTORY_INPUT} float32 [B, L, D] and "
+    f"{MASK_INPUT} float32 [B, L], output {USER_VECTOR_OUTPUT} float32 [B, D]"
 )
 
 
@@ -136,7 +135,7 @@ class UserTower:
 
     def _invoke(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
         try:
-            result = self._runner(history=history, mask=mask)
+            result = self._runner(**{HISTORY_INPUT: history, MASK_INPUT: mask})
         except (RuntimeError, ValueError) as exc:
             raise BundleError(f"the user tower failed to run: {exc}") from exc
         return np.array(result[_OUTPUTS[0]], dtype=np.float32, copy=True)
@@ -162,8 +161,10 @@ class UserTower:
         ranks_ok = [len(shapes[n]) for n in (*_INPUTS, *_OUTPUTS)] == [3, 2, 2]
         if not ranks_ok or any(t != "float32" for t in dtypes.values()):
             raise BundleError(f"expected a {_EXPECTED}; found {found_text}")
-        L, D = shapes["history"][1:]
-        consistent = shapes["mask"][1] == L and shapes["user_vector"][1] == D and L > 0 and D > 0
+        L, D = shapes[HISTORY_INPUT][1:]
+        consistent = (
+            shapes[MASK_INPUT][1] == L and shapes[USER_VECTOR_OUTPUT][1] == D and L > 0 and D > 0
+        )
         wanted = (history_length is None or history_length == L) and (dim is None or dim == D)
         if not consistent or not wanted:
             want_l = "L" if history_length is None else history_length

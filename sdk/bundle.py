@@ -1,20 +1,26 @@
-"""The bundle: everything a device needs to recommend, in one directory.
+"""The bundle: everything a device needs to recommend, as one checked unit.
 
-See docs/bundle-format.md for the layout and the manifest fields.
+`Bundle` is a bundle in memory: its manifest, the user tower's bytes, the item table, the
+item ids and their metadata. It comes from a directory (`Bundle.open`), from file contents
+or a tar archive received over a network (`Bundle.from_files`, `Bundle.from_bytes`), or
+from a model and a table (`Bundle.build`), and goes to a directory with `Bundle.save`,
+which swaps a versioned directory in place atomically. See docs/bundle-format.md.
 """
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
+import io
 import json
 import math
 import os
 import shutil
+import tarfile
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,16 @@ import numpy as np
 from pocketrec.errors import BundleError
 from pocketrec.sdk._encoding import encode_histories
 from pocketrec.sdk._ranking import top_k
-from pocketrec.sdk._runtime import SIGNATURE_KEY, UserTower, model_op_types
+from pocketrec.sdk._runtime import UserTower, model_op_types
+from pocketrec.sdk.contract import (
+    ACCELERATORS,
+    HISTORY_INPUT,
+    MASK_INPUT,
+    QUANTIZATIONS,
+    SIGNATURE_KEY,
+    USER_VECTOR_OUTPUT,
+    check_choice,
+)
 from pocketrec.sdk.table import ItemTable
 
 # 2: integer tables may store float16 row scales. Version 1 bundles still open.
@@ -35,11 +50,12 @@ MODEL_FILE = "user_tower.tflite"
 ITEMS_FILE = "items.json"
 GOLDEN_K = 10
 
-# Largest golden user-vector deviation allowed, relative to max(1, max|golden vector|).
-# Golden outputs may be checked on another CPU or kernel library than the one that wrote
-# them: float kernels agree closely, quantized kernels may round activations differently.
-GOLDEN_TOLERANCE = {"float32": 1e-4, "float16": 1e-3, "dynamic": 2e-2, "int8": 5e-2}
-_DEFAULT_TOLERANCE = 5e-2
+# Largest golden user-vector deviation the CPU self-check allows, relative to
+# max(1, max|golden vector|), per model quantization. Measured (docs/bundle-format.md) as the
+# largest deviation between LiteRT's XNNPACK, optimized and reference CPU kernels over
+# many histories, with headroom: float kernels differ in summation order only; integer
+# kernels may round an activation one step differently. Accelerators get their own.
+GOLDEN_TOLERANCE = {"float32": 1e-4, "float16": 1e-3, "dynamic": 5e-3, "int8": 2e-2}
 # Golden scores are recomputed from the golden user vectors with the item table alone,
 # which is plain numpy on the same stored values: only summation order differs.
 _TABLE_TOLERANCE = 1e-4
@@ -61,257 +77,470 @@ _REQUIRED = {
 }
 
 
-def write_bundle(
-    out_dir: str | Path,
-    *,
-    model: bytes,
-    table: ItemTable,
-    item_ids: Sequence[str],
-    history_length: int,
-    items_metadata: Sequence[Mapping[str, Any]] | None = None,
-    model_version: str | None = None,
-    metrics: Mapping[str, Any] | None = None,
-    recipe: str = "float32",
-    quantization: str = "float32",
-    accelerator: str = "cpu",
-    extra: Mapping[str, Any] | None = None,
-    golden_histories: Sequence[Sequence[str]] | None = None,
-) -> Path:
-    """Writes a bundle directory atomically and returns its path.
+class Bundle:
+    """A parsed, checked bundle: manifest, user tower, item table, item ids and metadata.
 
-    Args:
-        out_dir: the bundle directory; replaced if it already holds a bundle.
-        model: the user tower ``.tflite`` bytes (signature ``user_vector``).
-        table: item vectors; row ``i`` belongs to ``item_ids[i]``.
-        item_ids: external item ids, unique strings, one per table row.
-        history_length: ``L`` of the model's ``history`` input.
-        items_metadata: per item a JSON-able dict (e.g. ``title``, ``genres``), or None.
-        model_version: free text; default ``"sha256-"`` + the model's first 12 hex digits.
-        metrics: free-form JSON-able numbers (numpy scalars and arrays are converted).
-        recipe, quantization, accelerator: how the model was compressed and where it runs;
-            ``quantization`` also picks the golden self-check tolerance (`GOLDEN_TOLERANCE`).
-        extra: free-form JSON-able data.
-        golden_histories: histories of external ids whose outputs are recorded for the
-            self-check; default: a few picked deterministically from ``item_ids`` (one empty).
-
-    Raises:
-        ValueError: for inconsistent arguments, or ``out_dir`` holding something else.
-        BundleError: if the model does not follow the user tower contract.
+    Build one with `open`, `from_files`, `from_bytes` or `build`. A `Bundle` is immutable
+    and safe to share between threads; `with_metrics` and `with_items` return new ones.
+    The `pocketrec.sdk.Recommender` serves one and can swap in another while serving.
     """
-    item_ids = [str(i) for i in item_ids]
-    if len(item_ids) != table.num_items:
-        raise ValueError(f"got {len(item_ids)} item ids for a table of {table.num_items} rows")
-    if not item_ids:
-        raise ValueError("a bundle needs at least one item")
-    if len(set(item_ids)) != len(item_ids):
-        raise ValueError("item ids must be unique")
-    items = _items_document(item_ids, items_metadata)
-    out = Path(out_dir)
-    if out.exists() and not _replaceable(out):
-        raise ValueError(
-            f"{out} exists and is not a bundle (no {MANIFEST_FILE}); refusing to overwrite it. "
-            "Pick an empty or new directory."
-        )
-    model = bytes(model)
-    tower = UserTower(model, history_length=history_length, dim=table.dim)
-    if golden_histories is None:
-        golden_histories = _default_golden_histories(item_ids, history_length)
-    if not golden_histories:
-        raise ValueError("golden_histories must hold at least one history (it may be empty)")
-    golden = _golden(tower, table, item_ids, golden_histories)
-    digest = hashlib.sha256(model).hexdigest()
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "model_version": model_version if model_version is not None else f"sha256-{digest[:12]}",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "item_count": table.num_items,
-        "embedding_dim": table.dim,
-        "history_length": int(history_length),
-        "model": {
-            "file": MODEL_FILE,
-            "signature": SIGNATURE_KEY,
-            "inputs": {
-                "history": {"dtype": "float32", "shape": [-1, history_length, table.dim]},
-                "mask": {"dtype": "float32", "shape": [-1, history_length]},
-            },
-            "outputs": {"user_vector": {"dtype": "float32", "shape": [-1, table.dim]}},
-            "quantization": str(quantization),
-            "accelerator": str(accelerator),
-            "ops": model_op_types(model),
-        },
-        "table": {},
-        "recipe": str(recipe),
-        "metrics": _jsonable(dict(metrics or {})),
-        "files": {},
-        "golden": golden,
-        "extra": _jsonable(dict(extra or {})),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
-        (tmp / MODEL_FILE).write_bytes(model)
-        manifest["table"] = table.save(tmp)
-        _write_json(tmp / ITEMS_FILE, items)
-        manifest["files"] = {
-            p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST_FILE
+
+    def __init__(
+        self,
+        manifest: Mapping[str, Any],
+        model: bytes,
+        table: ItemTable,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        source: str,
+    ) -> None:
+        """Wraps parts that were already checked; use the class methods instead."""
+        self._manifest = copy.deepcopy(dict(manifest))
+        self._model = bytes(model)
+        self._table = table
+        self._items = [dict(item) for item in items]
+        self._item_ids = tuple(item["id"] for item in self._items)
+        self._source = source
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, verify: bool = True, mmap: bool = True) -> Bundle:
+        """Opens the bundle directory ``path`` (or the version its link points to).
+
+        Args:
+            verify: check every file's sha256 and run the golden self-check on this CPU.
+            mmap: map the item table instead of reading it into memory.
+
+        Raises:
+            BundleError: naming the first check that failed.
+        """
+        # Resolved once: a `save` swapping a new version in meanwhile cannot mix two.
+        directory = Path(path).resolve()
+        manifest = read_manifest(directory)
+        files: dict[str, str] = manifest["files"]
+        missing = [name for name in files if not (directory / name).is_file()]
+        if missing:
+            raise BundleError(f"{directory}: files {missing} are missing; the bundle is incomplete")
+        if verify:
+            for name, expected in files.items():
+                _check_digest(_sha256_file(directory / name), expected, directory / name)
+        table = ItemTable.load(directory, manifest["table"], mmap=mmap)
+        items = _parse_items(_read_file(directory / ITEMS_FILE), directory / ITEMS_FILE)
+        model = _read_file(directory / manifest["model"]["file"])
+        bundle = cls._checked(manifest, model, table, items, str(directory))
+        if verify:
+            bundle.verify()
+        return bundle
+
+    @classmethod
+    def from_files(
+        cls, files: Mapping[str, bytes], *, verify: bool = True, source: str = "<memory>"
+    ) -> Bundle:
+        """A bundle from its files' contents, ``{file name: bytes}`` (``manifest.json`` too).
+
+        Every file is checked against its sha256 whatever ``verify`` says (they are in
+        memory already); ``verify`` runs the golden self-check.
+
+        Raises:
+            BundleError: naming the first check that failed.
+        """
+        where = Path(source)
+        manifest = _parse_manifest(_required_file(files, MANIFEST_FILE, source), where)
+        for name, expected in manifest["files"].items():
+            data = _required_file(files, name, source)
+            _check_digest(hashlib.sha256(data).hexdigest(), expected, where / name)
+        unlisted = sorted(set(files) - {MANIFEST_FILE, *manifest["files"]})
+        if unlisted:
+            raise BundleError(f"{source}: files {unlisted} are not listed in the manifest")
+        table = ItemTable.from_files(manifest["table"], files)
+        items = _parse_items(files[ITEMS_FILE], where / ITEMS_FILE)
+        bundle = cls._checked(manifest, files[manifest["model"]["file"]], table, items, source)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, verify: bool = True) -> Bundle:
+        """A bundle from the tar archive `to_bytes` writes (e.g. received over a network).
+
+        Raises:
+            BundleError: if ``data`` is not such an archive, or a check fails.
+        """
+        files: dict[str, bytes] = {}
+        try:
+            with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:") as archive:
+                for member in archive.getmembers():
+                    if not member.isfile() or not _plain_name(member.name):
+                        raise BundleError(
+                            f"bundle archive member {member.name!r} is not a plain file at the "
+                            "top level; archives come from Bundle.to_bytes"
+                        )
+                    if member.name in files:
+                        raise BundleError(f"bundle archive holds {member.name!r} twice")
+                    extracted = archive.extractfile(member)
+                    assert extracted is not None  # a regular file always extracts
+                    files[member.name] = extracted.read()
+        except tarfile.TarError as exc:
+            raise BundleError(
+                f"not a bundle archive ({exc}); make one with Bundle.to_bytes"
+            ) from exc
+        return cls.from_files(files, verify=verify, source="<archive>")
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        model: bytes,
+        table: ItemTable,
+        item_ids: Sequence[str],
+        history_length: int,
+        items_metadata: Sequence[Mapping[str, Any]] | None = None,
+        model_version: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        recipe: str = "float32",
+        quantization: str = "float32",
+        accelerator: str = "cpu",
+        extra: Mapping[str, Any] | None = None,
+        golden_histories: Sequence[Sequence[str]] | None = None,
+    ) -> Bundle:
+        """A new bundle in memory, with golden outputs recorded by this CPU's runtime.
+
+        Args:
+            model: the user tower ``.tflite`` bytes (the contract of
+                `pocketrec.sdk.contract`).
+            table: item vectors; row ``i`` belongs to ``item_ids[i]``.
+            item_ids: external item ids, unique non-empty strings, one per table row.
+            history_length: ``L`` of the model's history input.
+            items_metadata: per item a JSON-able dict (e.g. ``title``, ``genres``), or None.
+            model_version: free text; default ``"sha256-"`` + the model's first 12 hex digits.
+            metrics: free-form JSON-able numbers (numpy scalars and arrays are converted).
+            recipe: the compression recipe that made it.
+            quantization: how the model was quantized, one of
+                `pocketrec.sdk.contract.QUANTIZATIONS`; picks the golden tolerance.
+            accelerator: where it is meant to run, one of `pocketrec.sdk.contract.ACCELERATORS`.
+            extra: free-form JSON-able data.
+            golden_histories: histories of external ids whose outputs are recorded for the
+                self-check; default: a few picked deterministically (one empty).
+
+        Raises:
+            ValueError: for inconsistent arguments.
+            BundleError: if the model does not follow the user tower contract.
+        """
+        check_choice(quantization, QUANTIZATIONS, "quantization")
+        check_choice(accelerator, ACCELERATORS, "accelerator")
+        items = _items_document(item_ids, items_metadata, table.num_items)
+        ids = [item["id"] for item in items]
+        model = bytes(model)
+        tower = UserTower(model, history_length=history_length, dim=table.dim)
+        if golden_histories is None:
+            golden_histories = _default_golden_histories(ids, history_length)
+        golden = _golden(tower, table, ids, golden_histories)
+        digest = hashlib.sha256(model).hexdigest()
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "model_version": model_version
+            if model_version is not None
+            else f"sha256-{digest[:12]}",
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "item_count": table.num_items,
+            "embedding_dim": table.dim,
+            "history_length": int(history_length),
+            "model": _model_entry(model, history_length, table.dim, quantization, accelerator),
+            "table": {},
+            "recipe": str(recipe),
+            "metrics": _jsonable(dict(metrics or {})),
+            "files": {},
+            "golden": golden,
+            "extra": _jsonable(dict(extra or {})),
         }
-        _write_json(tmp / MANIFEST_FILE, manifest)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        return cls._assembled(manifest, model, table, items)
+
+    def with_metrics(self, metrics: Mapping[str, Any]) -> Bundle:
+        """The same bundle with ``metrics`` in its manifest (e.g. once it was evaluated)."""
+        manifest = copy.deepcopy(self._manifest)
+        manifest["metrics"] = _jsonable(dict(metrics))
+        return Bundle(manifest, self._model, self._table, self._items, source=self._source)
+
+    def with_items(
+        self,
+        table: ItemTable,
+        item_ids: Sequence[str],
+        items_metadata: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Bundle:
+        """The same model with another item table: a new catalog in the same embedding space.
+
+        Golden outputs are recorded again (history vectors come from the table).
+
+        Raises:
+            ValueError: if the table's dimension is not the model's, or ids are bad.
+        """
+        if table.dim != self.embedding_dim:
+            raise ValueError(
+                f"the model reads {self.embedding_dim}-d item vectors; got a table of dim "
+                f"{table.dim}. A table from another model needs that model's bundle"
+            )
+        model = self._manifest["model"]
+        return Bundle.build(
+            model=self._model,
+            table=table,
+            item_ids=item_ids,
+            history_length=self.history_length,
+            items_metadata=items_metadata,
+            model_version=self.model_version,
+            metrics={},
+            recipe=self._manifest["recipe"],
+            quantization=model["quantization"],
+            accelerator=model["accelerator"],
+            extra=self._manifest["extra"],
+        )
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the bundle, ``manifest.json`` included: ``{file name: bytes}``."""
+        _, contents = self._table.to_files()
+        contents[self._manifest["model"]["file"]] = self._model
+        contents[ITEMS_FILE] = _json_bytes({"items": self._items})
+        contents[MANIFEST_FILE] = _json_bytes(self._manifest)
+        return contents
+
+    def to_bytes(self) -> bytes:
+        """The bundle as one uncompressed tar archive of its files (`from_bytes` reads it).
+
+        Deterministic: the same bundle always gives the same bytes.
+        """
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:", format=tarfile.PAX_FORMAT) as archive:
+            for name, data in sorted(self.files().items()):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                archive.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the bundle to ``path`` without a moment when ``path`` is not a bundle.
+
+        The files go into a new version directory beside ``path``
+        (``.NAME.versions/VERSION``); then ``path``, a symbolic link, is replaced by one to
+        the new version in one ``rename``. Readers see the old bundle or the new one,
+        never neither nor a mix; the previous version is kept until the next save, so a
+        reader that opened it a moment ago can finish. A plain bundle directory at ``path``
+        (written by an older pocketrec) or an empty one is replaced once, non-atomically.
+
+        Returns:
+            ``path``.
+
+        Raises:
+            ValueError: if ``path`` holds something that is not a bundle.
+            OSError: if the files cannot be written; ``path`` is left as it was.
+        """
+        out = Path(path)
+        if out.exists() and not out.is_symlink() and not _replaceable(out):
+            raise ValueError(
+                f"{out} exists and is not a bundle (no {MANIFEST_FILE}); refusing to overwrite "
+                "it. Pick an empty or new directory."
+            )
+        versions = out.parent / f".{out.name}.versions"
+        versions.mkdir(parents=True, exist_ok=True)
+        files = self.files()
+        version = _version_name(files[MANIFEST_FILE])
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=versions))
+        try:
+            tmp.chmod(0o755)
+            for name, data in files.items():
+                _write_synced(tmp / name, data)
+            target = versions / version
+            os.replace(tmp, target)
+            _sync_directory(versions)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        previous = _current_version(out)
+        _point(out, Path(versions.name) / version)
+        _prune(versions, keep={version, *([previous] if previous else [])})
+        return out
+
+    # -- contents --------------------------------------------------------------------------
+
+    def verify(self) -> None:
+        """Runs the golden self-check on this CPU (see docs/bundle-format.md, Verification).
+
+        Raises:
+            BundleError: if the model or the table does not reproduce the golden outputs.
+        """
+        tower = UserTower(self._model, history_length=self.history_length, dim=self.embedding_dim)
+        check_golden(self, tower)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The parsed ``manifest.json`` (a copy)."""
+        return copy.deepcopy(self._manifest)
+
+    @property
+    def model(self) -> bytes:
+        """The user tower's ``.tflite`` bytes."""
+        return self._model
+
+    @property
+    def table(self) -> ItemTable:
+        """The item table as stored (memory-mapped when opened with ``mmap``)."""
+        return self._table
+
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        """External item ids; row ``i`` of the table is ``item_ids[i]``."""
+        return self._item_ids
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        """Per table row, ``{"id": ..., **metadata}`` (copies)."""
+        return [dict(item) for item in self._items]
+
+    @property
+    def source(self) -> str:
+        """Where the bundle came from: its version directory, ``<memory>`` or ``<archive>``."""
+        return self._source
+
+    @property
+    def model_version(self) -> str:
+        return str(self._manifest["model_version"])
+
+    @property
+    def model_sha256(self) -> str:
+        """sha256 hex digest of the model bytes."""
+        return str(self._manifest["files"][self._manifest["model"]["file"]])
+
+    @property
+    def quantization(self) -> str:
+        return str(self._manifest["model"]["quantization"])
+
+    @property
+    def history_length(self) -> int:
+        """``L``, how many of the most recent history items the model reads."""
+        return int(self._manifest["history_length"])
+
+    @property
+    def embedding_dim(self) -> int:
+        """``D``, the dimension of item and user vectors."""
+        return int(self._manifest["embedding_dim"])
+
+    def sizes(self) -> dict[str, dict[str, int]]:
+        """Raw and gzip (level 9, per file, summed) bytes of the model, table and all files."""
+        table_files = set(self._manifest["table"]["files"].values())
+        sizes = {part: {"raw": 0, "gzip": 0} for part in ("model", "table", "total")}
+        for name, data in self.files().items():
+            raw, packed = len(data), len(gzip.compress(data, compresslevel=9, mtime=0))
+            parts = ["total"]
+            if name == self._manifest["model"]["file"]:
+                parts.append("model")
+            if name in table_files:
+                parts.append("table")
+            for part in parts:
+                sizes[part]["raw"] += raw
+                sizes[part]["gzip"] += packed
+        return sizes
+
+    def __repr__(self) -> str:
+        return (
+            f"Bundle(model_version={self.model_version!r}, items={self._table.num_items}, "
+            f"quantization={self.quantization!r}, table={self._table.dtype!r}, "
+            f"source={self._source!r})"
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    @classmethod
+    def _assembled(
+        cls,
+        manifest: dict[str, Any],
+        model: bytes,
+        table: ItemTable,
+        items: list[dict[str, Any]],
+    ) -> Bundle:
+        """Fills the manifest's table entry and checksums from the files' contents."""
+        entry, contents = table.to_files()
+        contents[MODEL_FILE] = model
+        contents[ITEMS_FILE] = _json_bytes({"items": items})
+        manifest["table"] = entry
+        manifest["files"] = {
+            name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())
+        }
+        return cls(manifest, model, table, items, source="<memory>")
+
+    @classmethod
+    def _checked(
+        cls,
+        manifest: dict[str, Any],
+        model: bytes,
+        table: ItemTable,
+        items: list[dict[str, Any]],
+        source: str,
+    ) -> Bundle:
+        """Cross-checks parsed parts: table and items against the manifest's counts."""
+        count, dim = manifest["item_count"], manifest["embedding_dim"]
+        if (table.num_items, table.dim) != (count, dim):
+            raise BundleError(
+                f"{source}: manifest says {count} items of dim {dim}, the item table holds "
+                f"{table.num_items} of dim {table.dim}"
+            )
+        if len(items) != count:
+            raise BundleError(
+                f"{source}: {ITEMS_FILE} holds {len(items)} items, the manifest says {count}"
+            )
+        return cls(manifest, model, table, items, source=source)
+
+
+def write_bundle(out_dir: str | Path, **parts: Any) -> Path:
+    """``Bundle.build(**parts).save(out_dir)``: builds a bundle and writes it atomically.
+
+    Returns:
+        ``out_dir``.
+    """
+    return Bundle.build(**parts).save(out_dir)
 
 
 def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
-    """The parsed ``manifest.json`` of a bundle, with its required fields checked.
+    """The parsed ``manifest.json`` of a bundle directory, with its fields checked.
 
     Raises:
         BundleError: if the manifest is missing, not JSON, or lacks required fields.
     """
-    path = Path(bundle_dir) / MANIFEST_FILE
-    if not path.is_file():
-        raise BundleError(f"{path} does not exist; {bundle_dir} is not a bundle")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); rewrite the bundle") from exc
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path} must hold a JSON object, found {type(manifest).__name__}")
-    version = manifest.get("format_version")
-    if version not in READABLE_FORMAT_VERSIONS or isinstance(version, bool):
-        readable = ", ".join(map(str, READABLE_FORMAT_VERSIONS))
+    directory = Path(bundle_dir)
+    if not (directory / MANIFEST_FILE).is_file():
         raise BundleError(
-            f"{path}: this SDK reads bundle format_version {readable}, found {version!r}; "
-            "rewrite the bundle with this version of pocketrec, or update the SDK"
+            f"{directory / MANIFEST_FILE} does not exist; {directory} is not a bundle"
         )
-    for key, kind in _REQUIRED.items():
-        value = manifest.get(key)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise BundleError(
-                f"{path}: field {key!r} must be a {kind.__name__}, found {value!r}; "
-                "rewrite the bundle with write_bundle"
-            )
-    model = manifest["model"]
-    if not isinstance(model.get("file"), str) or model.get("signature") != SIGNATURE_KEY:
-        raise BundleError(
-            f"{path}: model must name its file and signature {SIGNATURE_KEY!r}, found {model!r}"
-        )
-    for name in manifest["files"]:
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-            raise BundleError(f"{path}: files must be plain file names, found {name!r}")
-    return manifest
+    return _parse_manifest(_read_file(directory / MANIFEST_FILE), directory)
 
 
 def verify_bundle(bundle_dir: str | Path) -> dict[str, Any]:
-    """Checks a bundle completely and returns its manifest.
-
-    Checks: every file is present and matches its sha256; the table, ``items.json`` and
-    the model's signature match the manifest's shapes; running the model on the golden
-    histories reproduces the golden user vectors within `GOLDEN_TOLERANCE` and the table
-    reproduces the golden scores.
+    """Checks a bundle directory completely (`Bundle.open` with ``verify``); its manifest.
 
     Raises:
         BundleError: naming the first check that failed.
     """
-    loaded = _load_bundle(bundle_dir, verify_checksums=True)
-    tower = UserTower(
-        loaded.model,
-        history_length=loaded.manifest["history_length"],
-        dim=loaded.manifest["embedding_dim"],
-    )
-    _check_golden(loaded, tower)
-    return loaded.manifest
+    return Bundle.open(bundle_dir, verify=True).manifest
 
 
 def bundle_size(bundle_dir: str | Path) -> dict[str, dict[str, int]]:
-    """Raw and gzip (level 9) bytes of the bundle's model, its table, and all its files.
-
-    Returns:
-        ``{"model": {"raw", "gzip"}, "table": {"raw", "gzip"}, "total": {"raw", "gzip"}}``;
-        gzip sizes are per file, summed, as an app package compresses each file alone.
-    """
-    directory = Path(bundle_dir)
-    manifest = read_manifest(directory)
-    table_files = set(_table_files(manifest))
-    sizes = {part: {"raw": 0, "gzip": 0} for part in ("model", "table", "total")}
-    for name in [MANIFEST_FILE, *manifest["files"]]:
-        data = _read_file(directory / name)
-        raw, packed = len(data), len(gzip.compress(data, compresslevel=9, mtime=0))
-        parts = ["total"]
-        if name == manifest["model"]["file"]:
-            parts.append("model")
-        if name in table_files:
-            parts.append("table")
-        for part in parts:
-            sizes[part]["raw"] += raw
-            sizes[part]["gzip"] += packed
-    return sizes
+    """`Bundle.sizes` of a bundle directory."""
+    return Bundle.open(bundle_dir, verify=False).sizes()
 
 
-@dataclass(frozen=True)
-class _LoadedBundle:
-    """A bundle's parts in memory."""
-
-    directory: Path
-    manifest: dict[str, Any]
-    table: ItemTable
-    item_ids: list[str]
-    items: list[dict[str, Any]]
-    model: bytes
-
-
-def _load_bundle(
-    bundle_dir: str | Path, *, verify_checksums: bool, mmap: bool = True
-) -> _LoadedBundle:
-    """Reads a bundle and checks file presence and shapes (and checksums when asked)."""
-    directory = Path(bundle_dir)
-    manifest = read_manifest(directory)
-    files: dict[str, str] = manifest["files"]
-    required = [manifest["model"]["file"], ITEMS_FILE, *_table_files(manifest)]
-    unlisted = [name for name in required if name not in files]
-    if unlisted:
-        raise BundleError(
-            f"{directory}: manifest 'files' must list {unlisted} with their sha256; "
-            "rewrite the bundle"
-        )
-    missing = [name for name in files if not (directory / name).is_file()]
-    if missing:
-        raise BundleError(f"{directory}: files {missing} are missing; the bundle is incomplete")
-    if verify_checksums:
-        for name, expected in files.items():
-            found = _sha256(directory / name)
-            if found != expected:
-                raise BundleError(
-                    f"{directory / name}: sha256 {found} does not match the manifest's "
-                    f"{expected}; the bundle is corrupt, copy it again"
-                )
-    count, dim = manifest["item_count"], manifest["embedding_dim"]
-    table = ItemTable.load(directory, manifest["table"], mmap=mmap)
-    if (table.num_items, table.dim) != (count, dim):
-        raise BundleError(
-            f"{directory}: manifest says {count} items of dim {dim}, the item table holds "
-            f"{table.num_items} of dim {table.dim}"
-        )
-    items = _read_items(directory / ITEMS_FILE)
-    if len(items) != count:
-        raise BundleError(
-            f"{directory / ITEMS_FILE}: expected {count} items as in the manifest, "
-            f"found {len(items)}"
-        )
-    model = _read_file(directory / manifest["model"]["file"])
-    item_ids = [item["id"] for item in items]
-    return _LoadedBundle(directory, manifest, table, item_ids, items, model)
-
-
-def _check_golden(loaded: _LoadedBundle, tower: UserTower) -> None:
+def check_golden(bundle: Bundle, tower: UserTower, *, tolerance: float | None = None) -> None:
     """Runs ``tower`` on the golden histories and compares with the recorded outputs.
 
+    The user vectors must match within ``tolerance`` (default: `GOLDEN_TOLERANCE` of the
+    model's quantization); the top-k of every golden history is recomputed over the whole
+    table from the recorded user vectors and must be the recorded one, so no table row
+    can be changed to rank where it did not.
+
     Raises:
-        BundleError: if outputs differ beyond the tolerance for the model's quantization.
+        BundleError: naming what differs.
     """
-    manifest = loaded.manifest
+    manifest = bundle._manifest
+    where = bundle.source
     golden = manifest["golden"]
     try:
         histories = [[str(i) for i in h] for h in golden["histories"]]
@@ -320,33 +549,40 @@ def _check_golden(loaded: _LoadedBundle, tower: UserTower) -> None:
         top_scores = [np.asarray(t["scores"], dtype=np.float32) for t in golden["top_k"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(
-            f"{loaded.directory}: golden must hold histories, user_vectors and top_k "
-            f"(item_ids, scores): {exc}"
+            f"{where}: golden must hold histories, user_vectors and top_k (item_ids, scores): {exc}"
         ) from exc
+    table = bundle.table
     if (
         not histories
-        or expected.shape != (len(histories), loaded.table.dim)
+        or expected.shape != (len(histories), table.dim)
         or len(top_ids) != len(histories)
     ):
         raise BundleError(
-            f"{loaded.directory}: golden holds {len(histories)} histories, "
-            f"{len(top_ids)} top_k lists and user_vectors of shape {list(expected.shape)}; "
-            f"expected user_vectors [{len(histories)}, {loaded.table.dim}]"
+            f"{where}: golden holds {len(histories)} histories, {len(top_ids)} top_k lists and "
+            f"user_vectors of shape {list(expected.shape)}; expected user_vectors "
+            f"[{len(histories)}, {table.dim}]"
         )
-    row_of = {item_id: row for row, item_id in enumerate(loaded.item_ids)}
+    row_of = {item_id: row for row, item_id in enumerate(bundle.item_ids)}
     rows = [_rows(h, row_of, "golden history") for h in histories]
-    history, mask = encode_histories(loaded.table, rows, manifest["history_length"])
+    history, mask = encode_histories(table, rows, bundle.history_length)
+    quantization = bundle.quantization
+    rtol = GOLDEN_TOLERANCE[quantization] if tolerance is None else tolerance
     actual = tower.run(history, mask)
-    quantization = manifest["model"].get("quantization")
-    rtol = GOLDEN_TOLERANCE.get(quantization, _DEFAULT_TOLERANCE)
-    _compare(actual, expected, rtol, f"user vectors ({quantization} model)", loaded.directory)
-    scores = loaded.table.scores(expected)
+    _compare(actual, expected, rtol, f"user vectors ({quantization} model)", where)
+    scores = table.scores(expected)
+    k = min(GOLDEN_K, table.num_items)
     for b, (ids, want) in enumerate(zip(top_ids, top_scores, strict=True)):
-        got = scores[b, _rows(ids, row_of, "golden top_k")]
-        _compare(got, want, _TABLE_TOLERANCE, f"top-k scores of history {b}", loaded.directory)
+        recorded = _rows(ids, row_of, "golden top_k")
+        if len(recorded) != k or want.shape != (k,):
+            raise BundleError(f"{where}: golden top_k {b} must list {k} items with their scores")
+        _compare(scores[b, recorded], want, _TABLE_TOLERANCE, f"top-k scores of history {b}", where)
+        best = top_k(scores[b], k)
+        # The recomputed top-k must score like the recorded one, rank by rank; an item that
+        # changed places only with an equal score (a tie) passes.
+        _compare(scores[b, best], want, _TABLE_TOLERANCE, f"top-k ranking of history {b}", where)
 
 
-def _compare(actual: np.ndarray, expected: np.ndarray, rtol: float, what: str, where: Path) -> None:
+def _compare(actual: np.ndarray, expected: np.ndarray, rtol: float, what: str, where: str) -> None:
     if actual.shape != expected.shape:
         raise BundleError(
             f"{where}: golden {what} expected shape {list(expected.shape)}, "
@@ -370,8 +606,10 @@ def _golden(
     item_ids: list[str],
     histories: Sequence[Sequence[str]],
 ) -> dict[str, Any]:
-    row_of = {item_id: row for row, item_id in enumerate(item_ids)}
     histories = [[str(i) for i in h] for h in histories]
+    if not histories:
+        raise ValueError("golden_histories must hold at least one history (it may be empty)")
+    row_of = {item_id: row for row, item_id in enumerate(item_ids)}
     rows = [_rows(h, row_of, "golden history", error=ValueError) for h in histories]
     history, mask = encode_histories(table, rows, tower.history_length)
     user_vectors = tower.run(history, mask)
@@ -400,6 +638,91 @@ def _default_golden_histories(item_ids: list[str], history_length: int) -> list[
     ]
 
 
+def _model_entry(
+    model: bytes, history_length: int, dim: int, quantization: str, accelerator: str
+) -> dict[str, Any]:
+    return {
+        "file": MODEL_FILE,
+        "signature": SIGNATURE_KEY,
+        "inputs": {
+            HISTORY_INPUT: {"dtype": "float32", "shape": [-1, history_length, dim]},
+            MASK_INPUT: {"dtype": "float32", "shape": [-1, history_length]},
+        },
+        "outputs": {USER_VECTOR_OUTPUT: {"dtype": "float32", "shape": [-1, dim]}},
+        "quantization": quantization,
+        "accelerator": accelerator,
+        "ops": model_op_types(model),
+    }
+
+
+def _parse_manifest(data: bytes, directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); rewrite the bundle") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} must hold a JSON object, found {type(manifest).__name__}")
+    version = manifest.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS or isinstance(version, bool):
+        readable = ", ".join(map(str, READABLE_FORMAT_VERSIONS))
+        raise BundleError(
+            f"{path}: this SDK reads bundle format_version {readable}, found {version!r}; "
+            "rewrite the bundle with this version of pocketrec, or update the SDK"
+        )
+    for key, kind in _REQUIRED.items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise BundleError(
+                f"{path}: field {key!r} must be a {kind.__name__}, found {value!r}; "
+                "rewrite the bundle with write_bundle"
+            )
+    model = manifest["model"]
+    if not isinstance(model.get("file"), str) or model.get("signature") != SIGNATURE_KEY:
+        raise BundleError(
+            f"{path}: model must name its file and signature {SIGNATURE_KEY!r}, found {model!r}"
+        )
+    if model.get("quantization") not in QUANTIZATIONS:
+        raise BundleError(
+            f"{path}: model quantization must be one of {', '.join(QUANTIZATIONS)}, found "
+            f"{model.get('quantization')!r}; the SDK has no golden tolerance for it"
+        )
+    files = manifest["files"]
+    for name, digest in files.items():
+        if not _plain_name(name) or name == MANIFEST_FILE or not isinstance(digest, str):
+            raise BundleError(
+                f"{path}: files must map plain file names to sha256 digests, found {name!r}"
+            )
+    table_files = manifest["table"].get("files")
+    if not isinstance(table_files, dict) or not all(
+        isinstance(f, str) for f in table_files.values()
+    ):
+        raise BundleError(f"{path}: table entry must map roles to files, found {table_files!r}")
+    unlisted = [n for n in (model["file"], ITEMS_FILE, *table_files.values()) if n not in files]
+    if unlisted:
+        raise BundleError(
+            f"{path}: manifest 'files' must list {unlisted} with their sha256; rewrite the bundle"
+        )
+    return manifest
+
+
+def _parse_items(data: bytes, path: Path) -> list[dict[str, Any]]:
+    try:
+        items = json.loads(data.decode("utf-8"))["items"]
+        if not isinstance(items, list) or not all(
+            isinstance(item, dict) and isinstance(item["id"], str) for item in items
+        ):
+            raise TypeError("every item must be an object with a string 'id'")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BundleError(
+            f"{path} must be {{'items': [{{'id': str, ...}}, ...]}}: {exc}; rewrite the bundle"
+        ) from exc
+    ids = [item["id"] for item in items]
+    if len(set(ids)) != len(ids):
+        raise BundleError(f"{path}: item ids must be unique; rewrite the bundle")
+    return items
+
+
 def _rows(
     ids: Sequence[str],
     row_of: Mapping[str, int],
@@ -413,60 +736,39 @@ def _rows(
 
 
 def _items_document(
-    item_ids: list[str], items_metadata: Sequence[Mapping[str, Any]] | None
-) -> dict[str, Any]:
+    item_ids: Sequence[str],
+    items_metadata: Sequence[Mapping[str, Any]] | None,
+    num_rows: int,
+) -> list[dict[str, Any]]:
+    if isinstance(item_ids, str | bytes):
+        raise TypeError("item_ids must be a sequence of ids, not one str")
+    ids = [_item_id(i) for i in item_ids]
+    if len(ids) != num_rows:
+        raise ValueError(f"got {len(ids)} item ids for a table of {num_rows} rows")
+    if not ids:
+        raise ValueError("a bundle needs at least one item")
+    if len(set(ids)) != len(ids):
+        raise ValueError("item ids must be unique")
     if items_metadata is None:
-        return {"items": [{"id": i} for i in item_ids]}
-    if len(items_metadata) != len(item_ids):
+        return [{"id": i} for i in ids]
+    if len(items_metadata) != len(ids):
         raise ValueError(
-            f"got {len(items_metadata)} items_metadata entries for {len(item_ids)} item ids"
+            f"got {len(items_metadata)} items_metadata entries for {len(ids)} item ids"
         )
     items = []
-    for item_id, meta in zip(item_ids, items_metadata, strict=True):
+    for item_id, meta in zip(ids, items_metadata, strict=True):
         if not isinstance(meta, Mapping) or "id" in meta:
             raise ValueError(f"metadata of item {item_id!r} must be a dict without 'id': {meta!r}")
         items.append({"id": item_id, **_jsonable(dict(meta))})
-    return {"items": items}
-
-
-def _read_items(path: Path) -> list[dict[str, Any]]:
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))["items"]
-        if not all(isinstance(item, dict) and isinstance(item["id"], str) for item in items):
-            raise TypeError("every item must be an object with a string 'id'")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BundleError(
-            f"{path} must be {{'items': [{{'id': str, ...}}, ...]}}: {exc}; rewrite the bundle"
-        ) from exc
     return items
 
 
-def _table_files(manifest: Mapping[str, Any]) -> list[str]:
-    files = manifest["table"].get("files")
-    if not isinstance(files, dict) or not all(isinstance(f, str) for f in files.values()):
-        raise BundleError(f"manifest table entry must map roles to files, found {files!r}")
-    return list(files.values())
-
-
-def _replaceable(out: Path) -> bool:
-    if not out.is_dir():
-        return False
-    return (out / MANIFEST_FILE).is_file() or not any(out.iterdir())
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Renames ``tmp`` to ``out``; an old bundle there is moved aside, then deleted."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex}")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _item_id(value: object) -> str:
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"item ids must be non-empty str (or int), got {value!r}")
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -484,20 +786,107 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_json(path: Path, document: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+def _json_bytes(document: Any) -> bytes:
+    return (json.dumps(document, indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _plain_name(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+
+
+def _required_file(files: Mapping[str, bytes], name: str, source: str) -> bytes:
+    if name not in files:
+        raise BundleError(f"{source}: file {name} is missing; the bundle is incomplete")
+    return bytes(files[name])
+
+
+def _check_digest(found: str, expected: str, path: Path) -> None:
+    if found != expected:
+        raise BundleError(
+            f"{path}: sha256 {found} does not match the manifest's {expected}; the bundle is "
+            "corrupt, copy it again"
+        )
 
 
 def _read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path} does not exist; the bundle is incomplete") from exc
     except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc}") from exc
 
 
-def _sha256(path: Path) -> str:
+def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# -- the versioned directory layout of `Bundle.save` ------------------------------------------
+
+
+def _replaceable(out: Path) -> bool:
+    if not out.is_dir():
+        return False
+    return (out / MANIFEST_FILE).is_file() or not any(out.iterdir())
+
+
+def _version_name(manifest: bytes) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{hashlib.sha256(manifest).hexdigest()[:12]}-{uuid.uuid4().hex[:6]}"
+
+
+def _current_version(out: Path) -> str | None:
+    """The version directory name ``out`` links to now, if it is a link."""
+    return Path(os.readlink(out)).name if out.is_symlink() else None
+
+
+def _point(out: Path, target: Path) -> None:
+    """Makes ``out`` a link to ``target`` (relative to ``out.parent``) in one rename."""
+    link = out.parent / f".{out.name}.link-{uuid.uuid4().hex}"
+    os.symlink(target, link)
+    try:
+        if out.is_dir() and not out.is_symlink():
+            # A plain bundle directory cannot be renamed over: the one non-atomic step,
+            # taken once when a bundle written by an older pocketrec is first replaced.
+            shutil.rmtree(out)
+        os.replace(link, out)
+    except BaseException:
+        link.unlink(missing_ok=True)
+        raise
+    _sync_directory(out.parent)
+
+
+def _prune(versions: Path, keep: set[str]) -> None:
+    """Deletes every version directory (and stale temporary) but those in ``keep``.
+
+    `Bundle.save` keeps the new version and the one before it, which a reader that
+    resolved the link a moment ago may still be reading.
+    """
+    for path in versions.iterdir():
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_directory(directory: Path) -> None:
+    """Makes renames in ``directory`` durable (where the platform allows opening one)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

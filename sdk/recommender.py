@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,9 +15,10 @@ import numpy as np
 
 from pocketrec.sdk._encoding import encode_histories
 from pocketrec.sdk._history import HistoryStore
+from pocketrec.sdk._ids import item_ids, user_id
 from pocketrec.sdk._ranking import top_k
 from pocketrec.sdk._runtime import UserTower
-from pocketrec.sdk.bundle import _check_golden, _load_bundle
+from pocketrec.sdk.bundle import Bundle, check_golden
 from pocketrec.sdk.table import ItemTable
 
 # Histories scored per interpreter call in the batch API: bounds the [B, L, D] input.
@@ -30,7 +30,7 @@ class RecommenderOptions:
     """How to open a `Recommender`.
 
     Attributes:
-        bundle_dir: the bundle directory (see docs/bundle-format.md).
+        bundle: a `Bundle`, or the path of a bundle directory (see docs/bundle-format.md).
         num_threads: CPU threads per interpreter.
         history_path: SQLite file of the user histories; None keeps them in memory.
         max_history_events: events kept per user; older ones are deleted.
@@ -38,7 +38,7 @@ class RecommenderOptions:
         interpreter_pool_size: interpreters, i.e. how many calls can run the model at once.
     """
 
-    bundle_dir: str | Path
+    bundle: Bundle | str | Path
     num_threads: int = 1
     history_path: str | Path | None = None
     max_history_events: int = 1000
@@ -62,10 +62,12 @@ class Recommendations:
     Attributes:
         items: at most ``k`` recommendations.
         unknown_items: history ids not in the bundle's item table; they were ignored.
+        model_version: the bundle that served them (`Bundle.model_version`).
     """
 
     items: list[Recommendation] = field(default_factory=list)
     unknown_items: int = 0
+    model_version: str = ""
 
     @property
     def item_ids(self) -> list[str]:
@@ -73,52 +75,58 @@ class Recommendations:
         return [r.item_id for r in self.items]
 
 
+class _Serving:
+    """One bundle ready to serve: its row lookup, titles and interpreters.
+
+    Never changed once built; `Recommender.swap` replaces the whole object, so a call
+    that picked one up finishes with it.
+    """
+
+    def __init__(self, bundle: Bundle, towers: queue.Queue[UserTower]) -> None:
+        self.bundle = bundle
+        self.table = bundle.table
+        self.item_ids = bundle.item_ids
+        self.row_of = {item_id: row for row, item_id in enumerate(bundle.item_ids)}
+        self.titles = [_title(item) for item in bundle.items]
+        self.history_length = bundle.history_length
+        self.towers = towers
+
+    @contextmanager
+    def tower(self) -> Iterator[UserTower]:
+        tower = self.towers.get()
+        try:
+            yield tower
+        finally:
+            self.towers.put(tower)
+
+
 class Recommender:
     """Recommends items from a bundle with LiteRT, entirely on the device.
 
-    Model contract: the bundle's ``user_tower.tflite`` has signature ``user_vector`` with
-    inputs ``history`` float32 ``[B, L, D]`` (item vectors, right-aligned) and ``mask``
-    float32 ``[B, L]``, output ``user_vector`` float32 ``[B, D]``; an item's score is the
-    dot product of the user vector with its row of the (possibly quantized) item table.
+    Model contract: `pocketrec.sdk.contract` (the user tower maps the item vectors of the
+    last ``L`` history items and their mask to a user vector); an item's score is the dot
+    product of the user vector with its row of the (possibly quantized) item table.
 
     Build with `Recommender.open` or `Recommender.create_from_options`. Methods are safe
-    to call from many threads. `close` releases everything; ``with`` closes on exit.
+    to call from many threads, and `swap` replaces the bundle while they run. `close`
+    releases everything; ``with`` closes on exit.
     Errors: ``ValueError`` for bad options or arguments (and use after `close`),
-    `pocketrec.errors.BundleError` for a missing, corrupt or inconsistent bundle.
+    ``TypeError`` for ids of the wrong type (ids are ``str``; an ``int`` is converted),
+    `pocketrec.errors.BundleError` for a missing, corrupt or inconsistent bundle,
+    `pocketrec.errors.HistoryStoreError` when the history store fails.
     """
 
     def __init__(self, options: RecommenderOptions) -> None:
         """Same as `create_from_options`, which is the documented way in."""
         _check_options(options)
-        loaded = _load_bundle(options.bundle_dir, verify_checksums=options.verify)
-        manifest = loaded.manifest
-        towers = [
-            UserTower(
-                loaded.model,
-                num_threads=options.num_threads,
-                history_length=manifest["history_length"],
-                dim=manifest["embedding_dim"],
-            )
-            for _ in range(options.interpreter_pool_size)
-        ]
-        if options.verify:
-            _check_golden(loaded, towers[0])
         self._options = options
-        self._manifest = manifest
-        self._table: ItemTable = loaded.table
-        self._item_ids = list(loaded.item_ids)
-        self._row_of = {item_id: row for row, item_id in enumerate(self._item_ids)}
-        self._titles = [item.get("title") for item in loaded.items]
-        self._history_length: int = manifest["history_length"]
-        self._pool: queue.Queue[UserTower] = queue.Queue()
-        for tower in towers:
-            self._pool.put(tower)
+        self._swap_lock = threading.Lock()
+        self._serving = self._prepare(options.bundle, verify=options.verify)
         history_path = ":memory:" if options.history_path is None else options.history_path
         self._store: HistoryStore | None = HistoryStore(
             history_path, max_events=options.max_history_events
         )
         self._closed = False
-        self._close_lock = threading.Lock()
 
     @classmethod
     def create_from_options(cls, options: RecommenderOptions) -> Recommender:
@@ -127,98 +135,142 @@ class Recommender:
         Raises:
             ValueError: for invalid options.
             BundleError: if the bundle is missing, corrupt or fails its golden self-check.
+            HistoryStoreError: if the history store cannot be opened.
         """
         return cls(options)
 
     @classmethod
-    def open(cls, bundle_dir: str | Path, **kwargs: Any) -> Recommender:
-        """Shortcut for ``create_from_options(RecommenderOptions(bundle_dir, **kwargs))``."""
-        return cls.create_from_options(RecommenderOptions(bundle_dir, **kwargs))
+    def open(cls, bundle: Bundle | str | Path, **kwargs: Any) -> Recommender:
+        """Shortcut for ``create_from_options(RecommenderOptions(bundle, **kwargs))``."""
+        return cls.create_from_options(RecommenderOptions(bundle, **kwargs))
+
+    @property
+    def bundle(self) -> Bundle:
+        """The bundle serving now."""
+        return self._serving.bundle
 
     @property
     def item_ids(self) -> list[str]:
         """External item ids; row ``i`` of the table and of `score_rows` is ``item_ids[i]``."""
-        return list(self._item_ids)
+        return list(self._serving.item_ids)
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """The bundle's manifest (a copy)."""
-        return copy.deepcopy(self._manifest)
+        """The serving bundle's manifest (a copy)."""
+        return self._serving.bundle.manifest
 
     @property
     def table(self) -> ItemTable:
-        """The bundle's item table as stored (read-only; scores come from it)."""
-        return self._table
+        """The serving bundle's item table as stored (read-only; scores come from it)."""
+        return self._serving.table
 
     @property
     def history_length(self) -> int:
         """``L``, how many of the most recent history items the model sees."""
-        return self._history_length
+        return self._serving.history_length
+
+    def swap(self, bundle: Bundle | str | Path, *, verify: bool | None = None) -> None:
+        """Serves ``bundle`` from now on, atomically, while other threads keep recommending.
+
+        The new bundle is opened, its interpreters built and (with ``verify``, default the
+        options' ``verify``) its golden self-check run before anything changes; then one
+        reference is replaced. Calls already running finish on the bundle they started
+        with; every later call uses the new one. A new catalog for the same model (see
+        `Bundle.with_items`) reuses the model's interpreters.
+
+        Raises:
+            BundleError: if the new bundle fails its checks; the old one keeps serving.
+            ValueError: after `close`.
+        """
+        self._check_open()
+        check = self._options.verify if verify is None else verify
+        with self._swap_lock:
+            serving = self._prepare(bundle, verify=check, current=self._serving)
+            self._check_open()
+            self._serving = serving
 
     def recommend(
         self,
-        history: Sequence[str] | None = None,
+        history: Sequence[str | int] | None = None,
         *,
-        user: str | None = None,
+        user: str | int | None = None,
         k: int = 10,
-        exclude: Iterable[str] = (),
+        exclude: Iterable[str | int] = (),
         exclude_seen: bool = True,
     ) -> Recommendations:
         """The top ``k`` items for a history of external item ids (oldest first).
 
-        With ``user``, the history is the user's stored events followed by ``history``
-        (treated as newer, and not stored: use `observe` to record events). With neither,
-        the history is empty and the model sees an all-zero mask. Ids not in the table are
-        counted in ``unknown_items`` and skipped; the model sees the last ``L`` known ones.
+        With ``user``, the history is the user's last ``L`` stored events followed by
+        ``history`` (treated as newer, and not stored: use `observe` to record events).
+        With neither, the history is empty and the model sees an all-zero mask. Ids not in
+        the table are counted in ``unknown_items`` and skipped; the model sees the last
+        ``L`` known ones.
 
         Args:
+            history: item ids (``str``; an ``int`` is converted), oldest first.
+            user: whose stored history to prepend.
             k: how many items to return (fewer if too few remain after exclusions).
             exclude: item ids never to return.
-            exclude_seen: also never return items of the history.
+            exclude_seen: also never return items of the history, nor any item the user's
+                stored events name.
 
         Raises:
-            ValueError: for a bad ``k``, ``user`` or ``history``, or after `close`.
+            ValueError: for a bad ``k``, or after `close`.
+            TypeError: for a history, exclude or user that is not made of ids (e.g. one
+                ``str``, ``bytes`` or None where a sequence belongs).
             BundleError: if the model fails.
+            HistoryStoreError: if the history store fails.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
-        if isinstance(history, str) or isinstance(exclude, str):
-            raise ValueError("history and exclude must be sequences of item ids, not one str")
-        ids = [] if history is None else [str(i) for i in history]
+        ids = [] if history is None else item_ids(history, "history")
+        excluded = item_ids(exclude, "exclude")
+        serving = self._current()
+        seen: Iterable[str] = ()
         if user is not None:
-            ids = self._history_store().recent(user, self._options.max_history_events) + ids
-        else:
-            self._check_open()
-        rows = [self._row_of[i] for i in ids if i in self._row_of]
-        scores = self.score_rows([np.asarray(rows, dtype=np.int64)])[0]
-        banned = [self._row_of[i] for i in exclude if i in self._row_of]
+            store = self._history_store()
+            name = user_id(user)
+            ids = store.recent(name, serving.history_length) + ids
+            if exclude_seen:
+                seen = store.seen(name)
+        row_of = serving.row_of
+        rows = [row_of[i] for i in ids if i in row_of]
+        scores = _scores(serving, [rows])[0]
+        banned = [row_of[i] for i in excluded if i in row_of]
         if exclude_seen:
             banned.extend(rows)
+            banned.extend(row_of[i] for i in seen if i in row_of)
         scores[banned] = -np.inf
         items = [
-            Recommendation(self._item_ids[r], float(scores[r]), self._titles[r])
+            Recommendation(serving.item_ids[r], float(scores[r]), serving.titles[r])
             for r in top_k(scores, k)
         ]
-        return Recommendations(items=items, unknown_items=len(ids) - len(rows))
+        return Recommendations(
+            items=items,
+            unknown_items=len(ids) - len(rows),
+            model_version=serving.bundle.model_version,
+        )
 
-    def observe(self, user: str, item: str, timestamp: float | None = None) -> None:
+    def observe(self, user: str | int, item: str | int, timestamp: float | None = None) -> None:
         """Appends ``item`` to ``user``'s history (``timestamp`` in seconds; default now).
 
-        The next ``recommend(user=user)`` sees it. Ids unknown to the bundle are stored too,
-        so a later bundle that knows them can use them.
+        Committed when it returns: it survives a crash of the app. The next
+        ``recommend(user=user)`` sees it. Ids unknown to the bundle are stored too, so a
+        later bundle that knows them can use them.
+
+        Raises:
+            TypeError, ValueError: for a bad id or timestamp.
+            HistoryStoreError: if the history store fails; nothing was stored.
         """
-        self._history_store().append(user, item, timestamp)
+        self._history_store().append(user_id(user), item_ids([item], "item")[0], timestamp)
+
+    def forget(self, user: str | int) -> None:
+        """Deletes every stored event of ``user`` on this device."""
+        self._history_store().forget(user_id(user))
 
     def user_vectors(self, histories_rows: Sequence[Sequence[int]]) -> np.ndarray:
         """User vectors float32 ``[B, D]`` for histories of table rows (oldest first)."""
-        self._check_open()
-        out = np.empty((len(histories_rows), self._table.dim), dtype=np.float32)
-        for start in range(0, len(histories_rows), _BATCH):
-            chunk = histories_rows[start : start + _BATCH]
-            history, mask = encode_histories(self._table, chunk, self._history_length)
-            with self._tower() as tower:
-                out[start : start + len(chunk)] = tower.run(history, mask)
-        return out
+        return _user_vectors(self._current(), histories_rows)
 
     def score_rows(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
         """Scores float32 ``[B, N]`` of every item for histories of table rows.
@@ -226,22 +278,17 @@ class Recommender:
         The ``score_fn`` of `pocketrec.evaluation.evaluate`, so bundles are evaluated with
         the same protocol as the models they came from.
         """
-        return self._table.scores(self.user_vectors(histories))
+        return _scores(self._current(), histories)
 
     def close(self) -> None:
         """Releases the interpreters and the history store; safe to call twice."""
-        with self._close_lock:
+        with self._swap_lock:
             if self._closed:
                 return
             self._closed = True
             store, self._store = self._store, None
         if store is not None:
             store.close()
-        while True:
-            try:
-                self._pool.get_nowait()
-            except queue.Empty:
-                break
 
     def __enter__(self) -> Recommender:
         return self
@@ -254,14 +301,40 @@ class Recommender:
     ) -> None:
         self.close()
 
-    @contextmanager
-    def _tower(self) -> Iterator[UserTower]:
+    def _prepare(
+        self, source: Bundle | str | Path, *, verify: bool, current: _Serving | None = None
+    ) -> _Serving:
+        if isinstance(source, Bundle):
+            bundle = source
+            # A bundle already serving was checked when it started.
+            verify = verify and (current is None or source is not current.bundle)
+        elif isinstance(source, str | Path):
+            bundle = Bundle.open(source, verify=verify)
+            verify = False  # checksums and golden outputs were checked by open
+        else:
+            raise TypeError(f"bundle must be a Bundle or a bundle directory path, got {source!r}")
+        if current is not None and current.bundle.model_sha256 == bundle.model_sha256:
+            towers = current.towers
+        else:
+            towers = queue.Queue()
+            for _ in range(self._options.interpreter_pool_size):
+                towers.put(
+                    UserTower(
+                        bundle.model,
+                        num_threads=self._options.num_threads,
+                        history_length=bundle.history_length,
+                        dim=bundle.embedding_dim,
+                    )
+                )
+        serving = _Serving(bundle, towers)
+        if verify:
+            with serving.tower() as tower:
+                check_golden(bundle, tower)
+        return serving
+
+    def _current(self) -> _Serving:
         self._check_open()
-        tower = self._pool.get()
-        try:
-            yield tower
-        finally:
-            self._pool.put(tower)
+        return self._serving
 
     def _history_store(self) -> HistoryStore:
         store = self._store
@@ -272,6 +345,25 @@ class Recommender:
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("the Recommender is closed; open it again")
+
+
+def _user_vectors(serving: _Serving, histories_rows: Sequence[Sequence[int]]) -> np.ndarray:
+    out = np.empty((len(histories_rows), serving.table.dim), dtype=np.float32)
+    for start in range(0, len(histories_rows), _BATCH):
+        chunk = histories_rows[start : start + _BATCH]
+        history, mask = encode_histories(serving.table, chunk, serving.history_length)
+        with serving.tower() as tower:
+            out[start : start + len(chunk)] = tower.run(history, mask)
+    return out
+
+
+def _scores(serving: _Serving, histories_rows: Sequence[Sequence[int]]) -> np.ndarray:
+    return serving.table.scores(_user_vectors(serving, histories_rows))
+
+
+def _title(item: dict[str, Any]) -> str | None:
+    title = item.get("title")
+    return title if isinstance(title, str) else None
 
 
 def _check_options(options: RecommenderOptions) -> None:

@@ -1,6 +1,7 @@
 """The item table shipped beside the user tower: one vector per item, optionally compressed.
 
-Stored forms (``dtype``), for ``N`` items of dimension ``D``:
+Stored forms (``dtype``, one of `pocketrec.sdk.contract.TABLE_DTYPES`), for ``N`` items of
+dimension ``D``:
 
 - ``"float32"``: ``values`` float32 ``[N, D]``.
 - ``"float16"``: ``values`` float16 ``[N, D]``.
@@ -21,18 +22,17 @@ needs a float32 copy of itself in memory.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import io
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pocketrec.errors import BundleError
+from pocketrec.sdk.contract import TABLE_DTYPES, check_choice
 
-DTYPES = ("float32", "float16", "int8", "int4")
-
-_VALUES_FILE = "item_table.values.npy"
-_SCALES_FILE = "item_table.scales.npy"
+_FILES = {"values": "item_table.values.npy", "scales": "item_table.scales.npy"}
 _INT_LEVELS = {"int8": 127, "int4": 7}
 _SCALE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 _STORED_DTYPE = {
@@ -49,7 +49,7 @@ _BLOCK_VALUES = 1 << 17
 
 
 class ItemTable:
-    """Item vectors in one of the stored forms of `DTYPES`.
+    """Item vectors in one of the stored forms of `TABLE_DTYPES`.
 
     Build one with `ItemTable.quantize` or `ItemTable.load`. Tables are read-only and
     safe to share between threads.
@@ -68,8 +68,7 @@ class ItemTable:
         Raises:
             ValueError: if the arrays do not match ``dtype`` and ``dim``.
         """
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        check_choice(dtype, TABLE_DTYPES, "dtype")
         values = np.asarray(values)
         stored_cols = (dim + 1) // 2 if dtype == "int4" else dim
         if values.dtype != _STORED_DTYPE[dtype] or values.ndim != 2:
@@ -102,13 +101,12 @@ class ItemTable:
 
     @classmethod
     def quantize(cls, vectors: np.ndarray, dtype: str) -> ItemTable:
-        """Stores float32 ``vectors`` ``[N, D]`` as ``dtype`` (one of `DTYPES`).
+        """Stores float32 ``vectors`` ``[N, D]`` as ``dtype`` (one of `TABLE_DTYPES`).
 
         Raises:
             ValueError: if ``vectors`` is not a finite 2-D array or ``dtype`` is unknown.
         """
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        check_choice(dtype, TABLE_DTYPES, "dtype")
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] == 0:
             raise ValueError(f"vectors must have shape [N, D] with D > 0, got {vectors.shape}")
@@ -141,7 +139,7 @@ class ItemTable:
 
     @property
     def dtype(self) -> str:
-        """Stored form, one of `DTYPES`."""
+        """Stored form, one of `TABLE_DTYPES`."""
         return self._dtype
 
     @property
@@ -200,19 +198,34 @@ class ItemTable:
         """Every row as float32 ``[N, D]``."""
         return self._dequantize(self._values, self._factors)
 
+    def to_files(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The stored arrays as ``.npy`` file contents, and the manifest entry naming them.
+
+        Returns:
+            ``({"dtype", "shape": [N, D], "files": {role: file name}}, {file name: bytes})``.
+        """
+        arrays = {"values": self._values}
+        if self._scales is not None:
+            arrays["scales"] = self._scales
+        files = {role: _FILES[role] for role in arrays}
+        contents = {}
+        for role, array in arrays.items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            contents[files[role]] = buffer.getvalue()
+        entry = {"dtype": self._dtype, "shape": [self.num_items, self._dim], "files": files}
+        return entry, contents
+
     def save(self, directory: str | Path) -> dict[str, Any]:
         """Writes the stored arrays as ``.npy`` files into ``directory``.
 
         Returns:
             The manifest entry: ``{"dtype", "shape": [N, D], "files": {role: file name}}``.
         """
-        directory = Path(directory)
-        files = {"values": _VALUES_FILE}
-        np.save(directory / _VALUES_FILE, np.ascontiguousarray(self._values))
-        if self._scales is not None:
-            files["scales"] = _SCALES_FILE
-            np.save(directory / _SCALES_FILE, np.ascontiguousarray(self._scales))
-        return {"dtype": self._dtype, "shape": [self.num_items, self._dim], "files": files}
+        entry, contents = self.to_files()
+        for name, data in contents.items():
+            (Path(directory) / name).write_bytes(data)
+        return entry
 
     @classmethod
     def load(cls, directory: str | Path, entry: Mapping[str, Any], mmap: bool = True) -> ItemTable:
@@ -222,6 +235,25 @@ class ItemTable:
             BundleError: if files are missing or do not match ``entry``.
         """
         directory = Path(directory)
+        return cls._from_entry(entry, lambda name: _load_npy(directory / name, mmap))
+
+    @classmethod
+    def from_files(cls, entry: Mapping[str, Any], contents: Mapping[str, bytes]) -> ItemTable:
+        """A table from ``.npy`` file contents (see `to_files`), e.g. received over a network.
+
+        Raises:
+            BundleError: if files are missing or do not match ``entry``.
+        """
+
+        def read(name: str) -> np.ndarray:
+            if name not in contents:
+                raise BundleError(f"item table file {name} is missing; the bundle is incomplete")
+            return _parse_npy(io.BytesIO(contents[name]), name)
+
+        return cls._from_entry(entry, read)
+
+    @classmethod
+    def _from_entry(cls, entry: Mapping[str, Any], read: Callable[[str], np.ndarray]) -> ItemTable:
         try:
             dtype = str(entry["dtype"])
             num_items, dim = (int(v) for v in entry["shape"])
@@ -231,14 +263,14 @@ class ItemTable:
                 "item table entry must have 'dtype', 'shape' [N, D] and 'files'; "
                 f"got {dict(entry)!r}. Rewrite the bundle with write_bundle."
             ) from exc
-        if dtype not in DTYPES:
-            raise BundleError(f"item table dtype must be one of {DTYPES}, got {dtype!r}")
+        if dtype not in TABLE_DTYPES:
+            raise BundleError(f"item table dtype must be one of {TABLE_DTYPES}, got {dtype!r}")
         roles = {"values", "scales"} if dtype in _INT_LEVELS else {"values"}
         if set(files) != roles:
             raise BundleError(
                 f"{dtype} item table needs files {sorted(roles)}, manifest lists {sorted(files)}"
             )
-        arrays = {role: _load_npy(directory / name, mmap) for role, name in files.items()}
+        arrays = {role: read(name) for role, name in files.items()}
         values, scales = arrays["values"], arrays.get("scales")
         stored_cols = (dim + 1) // 2 if dtype == "int4" else dim
         if values.shape != (num_items, stored_cols) or values.dtype != _STORED_DTYPE[dtype]:
@@ -297,7 +329,14 @@ def _unpack_nibbles(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     if not path.is_file():
         raise BundleError(f"item table file {path} is missing; the bundle is incomplete")
+    return _parse_npy(path, str(path), mmap_mode="r" if mmap else None)
+
+
+def _parse_npy(source: Path | io.BytesIO, name: str, mmap_mode: str | None = None) -> np.ndarray:
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise BundleError(f"item table file {path} is not a readable .npy array: {exc}") from exc
+        array = np.load(source, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"item table file {name} is not a readable .npy array: {exc}") from exc
+    if not isinstance(array, np.ndarray):
+        raise BundleError(f"item table file {name} must hold one .npy array, not an archive")
+    return array

@@ -131,9 +131,9 @@ def test_manifest_records_recipe_quantization_and_accelerator(
         manifest = read_manifest(result.bundle)
         recipe = RECIPES[name]
         assert manifest["recipe"] == name
-        assert manifest["model"]["quantization"] == recipe.model_format
+        assert manifest["model"]["quantization"] == recipe.quantization
         assert manifest["model"]["accelerator"] == recipe.accelerator
-        assert manifest["table"]["dtype"] == recipe.table_format
+        assert manifest["table"]["dtype"] == recipe.table_dtype
         assert manifest["extra"]["compression"]["recipe"]["name"] == name
 
 
@@ -174,20 +174,20 @@ def test_full_integer_models_keep_no_float_kernels(bundles: dict[str, Compressio
         assert info.weight_dtypes.get("float32", 0) == 0, name
 
 
-@pytest.mark.parametrize("table_format", ["float32", "float16", "int8", "int4"])
+@pytest.mark.parametrize("table_dtype", ["float32", "float16", "int8", "int4"])
 def test_shipped_table_is_the_sdk_quantization_of_the_item_vectors(
-    bundles: dict[str, CompressionResult], trained: TrainedModel, table_format: str
+    bundles: dict[str, CompressionResult], trained: TrainedModel, table_dtype: str
 ) -> None:
     name = {"float32": "int8", "float16": "float16", "int8": "int8+int8-table"}.get(
-        table_format, "int8+int4-table"
+        table_dtype, "int8+int4-table"
     )
     shipped = _shipped_table(bundles[name])
-    expected = ItemTable.quantize(trained.item_vectors(), table_format)
-    assert shipped.dtype == table_format
+    expected = ItemTable.quantize(trained.item_vectors(), table_dtype)
+    assert shipped.dtype == table_dtype
     np.testing.assert_array_equal(shipped.dequantized(), expected.dequantized())
     users = np.random.default_rng(0).normal(size=(3, shipped.dim)).astype(np.float32)
     np.testing.assert_allclose(
-        quantize_table(trained.item_vectors(), table_format).scores(users),
+        quantize_table(trained.item_vectors(), table_dtype).scores(users),
         shipped.scores(users),
         rtol=1e-5,
         atol=1e-6,
@@ -382,10 +382,10 @@ def test_pruning_config_refuses_values_out_of_range(changes: dict[str, float]) -
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"model_format": "int4"}, "model_format"),
-        ({"table_format": "int2"}, "table_format"),
-        ({"quantization_aware": True}, "needs model_format='int8'"),
-        ({"accelerator": "gpu", "model_format": "int8"}, "compute in float"),
+        ({"quantization": "int4"}, "quantization must be one of"),
+        ({"table_dtype": "int2"}, "table_dtype must be one of"),
+        ({"quantization_aware": True}, "needs quantization='int8'"),
+        ({"accelerator": "gpu", "quantization": "int8"}, "compute in float"),
         ({"accelerator": "npu"}, "accelerator"),
     ],
 )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
+import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,8 @@ from _sdk_fixtures import (
 
 from pocketrec.errors import BundleError
 from pocketrec.sdk import (
-    DTYPES,
+    TABLE_DTYPES,
+    Bundle,
     ItemTable,
     bundle_size,
     encode_histories,
@@ -95,7 +99,7 @@ def test_golden_outputs_are_the_models_own_outputs(bundle_template) -> None:
         np.testing.assert_allclose(top["scores"], scores[b, expected], atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", TABLE_DTYPES)
 def test_bundle_of_every_table_dtype_verifies(tmp_path, dtype: str) -> None:
     path = write_tiny_bundle(tmp_path / "b", dtype=dtype, recipe=f"table-{dtype}")
     manifest = verify_bundle(path)
@@ -184,10 +188,114 @@ def test_read_manifest_refuses_another_format_version_and_bad_json(bundle) -> No
 
 
 def test_write_replaces_an_existing_bundle_and_leaves_no_temporary_files(bundle) -> None:
-    write_tiny_bundle(bundle, dtype="int8")
-    assert read_manifest(bundle)["table"]["dtype"] == "int8"
+    versions = bundle.parent / ".bundle.versions"
+    for dtype in ("int8", "int4", "float16"):
+        write_tiny_bundle(bundle, dtype=dtype)
+        assert read_manifest(bundle)["table"]["dtype"] == dtype
+        verify_bundle(bundle)
+        assert sorted(p.name for p in bundle.parent.iterdir()) == [".bundle.versions", "bundle"]
+    # The version in place and the one before it; nothing half-written.
+    kept = sorted(versions.iterdir(), key=lambda p: p.stat().st_mtime)
+    assert len(kept) == 2
+    assert bundle.resolve() == kept[-1].resolve()
+    assert read_manifest(kept[0])["table"]["dtype"] == "int4"
+
+
+def test_save_never_leaves_a_moment_when_the_path_is_not_a_bundle(tmp_path) -> None:
+    path = tmp_path / "bundle"
+    bundles = [
+        Bundle.open(write_tiny_bundle(tmp_path / f"b{i}", dtype=d))
+        for i, d in enumerate(("float32", "int8"))
+    ]
+    bundles[0].save(path)
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def read(_: int) -> None:
+        while not stop.is_set():
+            seen.append(Bundle.open(path, verify=False).table.dtype)
+
+    readers = [threading.Thread(target=read, args=(t,)) for t in range(2)]
+    errors: list[BaseException] = []
+    for thread in readers:
+        thread.start()
+    try:
+        for i in range(30):
+            bundles[i % 2].save(path)
+    except BaseException as exc:  # collected so that the readers are always stopped
+        errors.append(exc)
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert errors == []
+    assert set(seen) == {"float32", "int8"}
+
+
+def test_save_replaces_a_plain_bundle_directory_of_an_older_pocketrec(bundle) -> None:
+    assert bundle.is_dir() and not bundle.is_symlink()
+    Bundle.open(bundle).save(bundle)
+    assert bundle.is_symlink()
     verify_bundle(bundle)
-    assert sorted(p.name for p in bundle.parent.iterdir()) == ["bundle"]
+
+
+def test_a_bundle_round_trips_through_bytes_files_and_directories(bundle_template, tmp_path):
+    original = Bundle.open(bundle_template)
+    data = original.to_bytes()
+    assert data == original.to_bytes()  # deterministic
+    restored = Bundle.from_bytes(data)
+    assert restored.manifest == original.manifest
+    assert restored.model == original.model
+    assert restored.item_ids == original.item_ids == tuple(item_ids())
+    assert restored.items == original.items
+    np.testing.assert_array_equal(restored.table.dequantized(), original.table.dequantized())
+    assert Bundle.from_files(original.files()).to_bytes() == data
+    saved = Bundle.open(restored.save(tmp_path / "again"))
+    assert saved.files() == original.files()
+    assert saved.sizes() == bundle_size(bundle_template)
+
+
+def test_from_bytes_refuses_archives_that_are_not_plain_bundles(bundle_template) -> None:
+    files = Bundle.open(bundle_template).files()
+
+    def archive(members: dict[str, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    with pytest.raises(BundleError, match="not a plain file at the top level"):
+        Bundle.from_bytes(archive({**files, "../escape": b"x"}))
+    with pytest.raises(BundleError, match="not listed in the manifest"):
+        Bundle.from_bytes(archive({**files, "extra.bin": b"x"}))
+    damaged = dict(files)
+    damaged["items.json"] = damaged["items.json"].replace(b"Movie 1", b"Movie X")
+    with pytest.raises(BundleError, match=r"items\.json: sha256"):
+        Bundle.from_bytes(archive(damaged))
+    with pytest.raises(BundleError, match="not a bundle archive"):
+        Bundle.from_bytes(b"not a tar at all" * 64)
+
+
+def test_verify_refuses_a_table_row_rewritten_together_with_its_checksum(bundle) -> None:
+    # One item pushed to the top for almost every user, its sha256 updated to match: the
+    # golden top-k, recomputed over the whole table, no longer agrees.
+    values = np.load(bundle / "item_table.values.npy")
+    golden = read_manifest(bundle)["golden"]["user_vectors"]
+    values[17] = 3.0 * np.mean(golden, axis=0) / np.linalg.norm(np.mean(golden, axis=0))
+    np.save(bundle / "item_table.values.npy", values)
+    digest = hashlib.sha256((bundle / "item_table.values.npy").read_bytes()).hexdigest()
+    _rewrite_manifest(bundle, lambda m: m["files"].update({"item_table.values.npy": digest}))
+    with pytest.raises(BundleError, match="golden self-check failed"):
+        verify_bundle(bundle)
+
+
+def test_read_manifest_refuses_an_unknown_quantization(bundle) -> None:
+    _rewrite_manifest(bundle, lambda m: m["model"].update({"quantization": "int3"}))
+    with pytest.raises(BundleError, match=r"quantization must be one of .* found 'int3'"):
+        read_manifest(bundle)
 
 
 def test_write_refuses_to_overwrite_a_directory_that_is_not_a_bundle(tmp_path) -> None:

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ from _sdk_fixtures import (
 
 from pocketrec.errors import BundleError
 from pocketrec.sdk import (
-    DTYPES,
+    TABLE_DTYPES,
+    Bundle,
     HistoryStore,
     ItemTable,
     Recommendation,
@@ -77,7 +79,7 @@ def test_sdk_scores_equal_keras_scores_for_a_float32_bundle(recommender) -> None
     np.testing.assert_allclose(scores, _keras_scores(HISTORIES, table), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", TABLE_DTYPES)
 def test_sdk_scores_use_the_compressed_table(tmp_path, dtype: str) -> None:
     path = write_tiny_bundle(tmp_path / "b", dtype=dtype)
     table = ItemTable.quantize(item_vectors(), dtype)
@@ -222,13 +224,127 @@ def test_close_is_idempotent_and_later_calls_raise_value_error(bundle) -> None:
         rec.observe("u", "m1")
 
 
-def test_bad_recommend_arguments_raise_value_error(recommender) -> None:
+def test_bad_recommend_arguments_raise_clear_errors(recommender) -> None:
     with pytest.raises(ValueError, match="k must be"):
         recommender.recommend(["m1"], k=0)
-    with pytest.raises(ValueError, match="not one str"):
+    with pytest.raises(TypeError, match="not one str"):
         recommender.recommend("m1")
-    with pytest.raises(ValueError, match="not one str"):
+    with pytest.raises(TypeError, match="not one str"):
         recommender.recommend(["m1"], exclude="m2")
+    with pytest.raises(TypeError, match="history must be a sequence of item ids, not bytes"):
+        recommender.recommend(b"50")
+    with pytest.raises(TypeError, match="history must be a sequence of item ids, got int"):
+        recommender.recommend(50)
+    with pytest.raises(TypeError, match="exclude must be a sequence of item ids, got NoneType"):
+        recommender.recommend(["m1"], exclude=None)
+    with pytest.raises(TypeError, match=r"history\[1\] must be a str .* got float"):
+        recommender.recommend(["m1", 2.0])
+    with pytest.raises(ValueError, match="lone surrogate"):
+        recommender.recommend(user="\ud800")
+    with pytest.raises(TypeError, match="bundle must be a Bundle or a bundle directory path"):
+        Recommender.open(None)
+
+
+def test_int_ids_are_the_same_items_as_their_str_everywhere(tmp_path) -> None:
+    ids = [str(i) for i in range(NUM_ITEMS)]
+    bundle = write_tiny_bundle(tmp_path / "b", item_ids=ids)
+    with Recommender.open(bundle) as rec:
+        assert rec.recommend([3, 7], k=5) == rec.recommend(["3", "7"], k=5)
+        top = rec.recommend(["3"], k=1).item_ids[0]
+        assert top not in rec.recommend(["3"], k=5, exclude=[int(top)]).item_ids
+        rec.observe(11, 5)
+        assert rec.recommend(user="11", k=5) == rec.recommend(["5"], k=5)
+
+
+def test_the_model_reads_only_the_last_history_length_stored_events(bundle) -> None:
+    with Recommender.open(bundle) as rec:
+        for i in range(50):
+            rec.observe("dan", f"gone-{i}")  # items a later catalog dropped
+        for item in ["m1", "m2", "m3", "m4", "m5"][:HISTORY_LENGTH]:
+            rec.observe("dan", item)
+        result = rec.recommend(user="dan", k=5)
+        assert result.unknown_items == 0
+        assert result == rec.recommend(["m1", "m2", "m3", "m4", "m5"][:HISTORY_LENGTH], k=5)
+
+
+def test_exclude_seen_covers_every_stored_event_of_the_user(bundle) -> None:
+    with Recommender.open(bundle) as rec:
+        everything = rec.recommend(k=NUM_ITEMS).item_ids
+        old = everything[0]
+        rec.observe("eve", old)
+        for i in range(HISTORY_LENGTH):
+            rec.observe("eve", f"m{(i * 7 + 3) % NUM_ITEMS}")
+        assert old not in rec.recommend(user="eve", k=NUM_ITEMS).item_ids
+        assert old in rec.recommend(user="eve", k=NUM_ITEMS, exclude_seen=False).item_ids
+
+
+def test_forget_deletes_the_users_history(bundle) -> None:
+    with Recommender.open(bundle) as rec:
+        rec.observe("fay", "m3")
+        rec.forget("fay")
+        assert rec.recommend(user="fay", k=5) == rec.recommend(k=5)
+
+
+def test_swap_serves_the_new_bundle_while_threads_recommend(bundle, tmp_path) -> None:
+    other = Bundle.open(write_tiny_bundle(tmp_path / "other", dtype="int8"))
+    with Recommender.open(bundle) as rec:
+        histories = [[f"m{(3 * i + j) % NUM_ITEMS}" for j in range(i % 5)] for i in range(12)]
+        before = [rec.recommend(h, k=5) for h in histories]
+        with Recommender.open(other) as reference:
+            after = [reference.recommend(h, k=5) for h in histories]
+        assert before != after
+        swapped = threading.Event()
+        results: list[tuple[int, object, bool]] = []
+
+        def worker(t: int) -> None:
+            for round_ in range(40):
+                for i in range((t + round_) % len(histories), len(histories), 3):
+                    done = swapped.is_set()
+                    results.append((i, rec.recommend(histories[i], k=5), done))
+
+        def swapper(t: int) -> None:
+            if t == 0:
+                rec.swap(other)
+                swapped.set()
+            else:
+                worker(t)
+
+        assert run_in_threads(swapper, 5) == []
+        assert rec.bundle is other
+        for i, result, done in results:
+            # Each call saw one whole bundle; once the swap returned, only the new one.
+            assert result in ((after[i],) if done else (before[i], after[i]))
+        assert rec.recommend(histories[4], k=5) == after[4]
+
+
+def test_swap_refuses_a_corrupt_bundle_and_keeps_serving_the_old_one(bundle, tmp_path) -> None:
+    broken = Path(shutil.copytree(bundle, tmp_path / "broken"))
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["golden"]["user_vectors"][0][0] += 1.0
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with Recommender.open(bundle) as rec:
+        expected = rec.recommend(["m1"], k=3)
+        with pytest.raises(BundleError, match="golden self-check failed"):
+            rec.swap(broken)
+        assert rec.recommend(["m1"], k=3) == expected
+
+
+def test_a_bundle_received_as_bytes_serves_like_its_directory(bundle) -> None:
+    received = Bundle.from_bytes(Bundle.open(bundle).to_bytes())
+    with Recommender.open(received) as from_memory, Recommender.open(bundle) as from_disk:
+        assert from_memory.recommend(["m2", "m9"], k=6) == from_disk.recommend(["m2", "m9"], k=6)
+
+
+def test_a_new_catalog_for_the_same_model_swaps_in(bundle) -> None:
+    with Recommender.open(bundle) as rec:
+        current = rec.bundle
+        table = ItemTable.quantize(item_vectors(NUM_ITEMS + 2, seed=3), "float32")
+        catalog = current.with_items(table, [*item_ids(), "new-1", "new-2"])
+        rec.swap(catalog)
+        assert rec.item_ids[-2:] == ["new-1", "new-2"]
+        assert rec.recommend(["new-1"], k=3).unknown_items == 0
+        with pytest.raises(ValueError, match="reads 8-d item vectors"):
+            current.with_items(ItemTable.quantize(item_vectors(dim=4), "float32"), item_ids())
 
 
 def _cli(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pocketrec.errors import BundleError
-from pocketrec.sdk import DTYPES, ItemTable, encode_histories
+from pocketrec.sdk import TABLE_DTYPES, ItemTable, encode_histories
 
 
 def _vectors(n: int = 300, d: int = 13, seed: int = 1) -> np.ndarray:
@@ -31,7 +31,7 @@ def _reference_dequantized(vectors: np.ndarray, dtype: str) -> np.ndarray:
     return (q * scale).astype(np.float32)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", TABLE_DTYPES)
 def test_dequantized_matches_numpy_reference(dtype: str) -> None:
     vectors = _vectors()
     table = ItemTable.quantize(vectors, dtype)
@@ -43,7 +43,7 @@ def test_dequantized_matches_numpy_reference(dtype: str) -> None:
     assert table.dtype == dtype
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", TABLE_DTYPES)
 @pytest.mark.parametrize("batch", [1, 600])
 def test_scores_equal_dot_products_with_dequantized_table(dtype: str, batch: int) -> None:
     # More rows than one scoring block for both batch sizes, so block edges are covered.
@@ -114,7 +114,7 @@ def test_int4_file_packs_two_offset_nibbles_per_byte_low_first(tmp_path) -> None
     assert values.tolist() == [[15 | (1 << 4), 9 | (8 << 4)]]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", TABLE_DTYPES)
 @pytest.mark.parametrize("mmap", [True, False])
 def test_save_then_load_gives_the_same_table(tmp_path, dtype: str, mmap: bool) -> None:
     table = ItemTable.quantize(_vectors(), dtype)

@@ -9,7 +9,7 @@ import pytest
 from _training_fixtures import random_inputs, tiny_model_config
 from ai_edge_litert.interpreter import Interpreter
 
-from pocketrec.errors import CompressionError
+from pocketrec.errors import ConversionError
 from pocketrec.training import build_user_tower, to_tflite
 
 # D = 32 and an FFN of 64 give weights of 2048 values: above the 1024 below which the
@@ -189,5 +189,5 @@ def test_converter_failure_is_raised_as_compression_error_with_its_message() -> 
     mask = tf_keras.Input((L,), name="mask")
     output = tf.linalg.det(history)[:, None] * mask
     model = tf_keras.Model({"history": history, "mask": mask}, output)
-    with pytest.raises(CompressionError, match="MatrixDeterminant"):
+    with pytest.raises(ConversionError, match="MatrixDeterminant"):
         to_tflite(model)

@@ -14,22 +14,23 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from pocketrec.errors import CompressionError
+from pocketrec.errors import ConversionError
+from pocketrec.sdk.contract import (
+    HISTORY_INPUT,
+    MASK_INPUT,
+    QUANTIZATIONS,
+    SIGNATURE_KEY,
+    USER_VECTOR_OUTPUT,
+    RepresentativeData,
+    check_choice,
+)
 from pocketrec.training._flatbuffer import strip_names
-
-SIGNATURE_KEY = "user_vector"
-HISTORY_INPUT = "history"
-MASK_INPUT = "mask"
-OUTPUT_NAME = "user_vector"
-QUANTIZATIONS = ("float32", "dynamic", "float16", "int8")
-
-RepresentativeData = Callable[[], Iterable[dict[str, np.ndarray]]]
 
 
 def user_tower_shape(user_tower: tf_keras.Model) -> tuple[int, int]:
@@ -88,10 +89,9 @@ def to_tflite(
     Raises:
         ValueError: unknown ``quantization``, missing or unexpected representative data,
             or a model without the contract's inputs.
-        CompressionError: the converter failed; its message is kept.
+        ConversionError: the converter failed; its message is kept.
     """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"expected quantization in {QUANTIZATIONS}, got {quantization!r}")
+    check_choice(quantization, QUANTIZATIONS, "quantization")
     if quantization == "int8" and representative_data is None:
         raise ValueError(
             "quantization='int8' calibrates activations and needs representative_data: "
@@ -114,7 +114,7 @@ def to_tflite(
     )
     def user_vector(history: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = user_tower({HISTORY_INPUT: history, MASK_INPUT: mask}, training=False)
-        return {OUTPUT_NAME: outputs}
+        return {USER_VECTOR_OUTPUT: outputs}
 
     # The module tracks the variables only, not the Keras model: saving a Keras model
     # traces every layer for Keras's own SavedModel metadata, which doubles the time.
@@ -135,10 +135,10 @@ def to_tflite(
                 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
                 converted = bytes(converter.convert())
             return strip_names(converted)
-        except CompressionError:
+        except ConversionError:
             raise
         except Exception as error:  # the converter raises many unrelated types
-            raise CompressionError(
+            raise ConversionError(
                 f"TFLite conversion with quantization={quantization!r} failed: "
                 f"{type(error).__name__}: {error}"
             ) from error
@@ -171,7 +171,7 @@ def _checked_samples(
     count = 0
     for sample in representative_data():
         if set(sample) != set(expected):
-            raise CompressionError(
+            raise ConversionError(
                 f"expected representative samples with keys {sorted(expected)}, got "
                 f"{sorted(sample)}"
             )
@@ -181,7 +181,7 @@ def _checked_samples(
             if array.ndim == len(tail):
                 array = array[None]
             if array.shape[1:] != tail:
-                raise CompressionError(
+                raise ConversionError(
                     f"expected representative {name!r} of shape [B, {', '.join(map(str, tail))}]"
                     f", got {list(array.shape)}"
                 )
@@ -189,4 +189,4 @@ def _checked_samples(
         count += 1
         yield checked
     if count == 0:
-        raise CompressionError("representative_data yielded no samples; give at least one")
+        raise ConversionError("representative_data yielded no samples; give at least one")
