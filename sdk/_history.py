@@ -111,7 +111,7 @@ class HistoryStore:
         """Most events per user that `recent` and `seen` look at; older ones are deleted."""
         return self._max_events
 
-    def append(self, user: object, item: object, ts: float | None = None) -> None:
+    def append(self, user: str | int, item: str | int, ts: float | None = None) -> None:
         """Records that ``user`` interacted with ``item`` at ``ts`` (default: now).
 
         Committed when it returns (see the class docstring for what survives what). A
@@ -152,7 +152,7 @@ class HistoryStore:
                 raise
             self._untrimmed[user] = untrimmed + 1
 
-    def recent(self, user: object, n: int) -> list[str]:
+    def recent(self, user: str | int, n: int) -> list[str]:
         """The last ``min(n, max_events)`` items of ``user``, oldest first (``[]`` if unknown).
 
         Raises:
@@ -167,7 +167,7 @@ class HistoryStore:
         rows = self._read(_RECENT, (user, min(n, self._max_events)))
         return [item for (item,) in reversed(rows)]
 
-    def seen(self, user: object) -> set[str]:
+    def seen(self, user: str | int) -> set[str]:
         """Every item among the last ``max_events`` events of ``user`` (empty if unknown).
 
         Raises:
@@ -177,8 +177,8 @@ class HistoryStore:
         """
         return {item for (item,) in self._read(_RECENT, (user_id(user), self._max_events))}
 
-    def forget(self, user: object) -> int:
-        """Deletes every stored event of ``user``; returns how many there were.
+    def forget(self, user: str | int) -> int:
+        """Deletes every stored event of ``user``; returns how many rows went (batch included).
 
         Raises:
             TypeError: if ``user`` is neither ``str`` nor ``int``.
