@@ -178,7 +178,7 @@ class HistoryStore:
         return {item for (item,) in self._read(_RECENT, (user_id(user), self._max_events))}
 
     def forget(self, user: str | int) -> int:
-        """Deletes every stored event of ``user``; returns how many rows went (batch included).
+        """Deletes every stored event of ``user``; returns how many it deleted.
 
         Raises:
             TypeError: if ``user`` is neither ``str`` nor ``int``.
