@@ -29,6 +29,7 @@ import numpy as np
 
 from pocketrec.errors import BundleError
 from pocketrec.sdk._encoding import encode_histories
+from pocketrec.sdk._ids import item_ids as checked_item_ids
 from pocketrec.sdk._ranking import top_k
 from pocketrec.sdk._runtime import UserTower, model_op_types
 from pocketrec.sdk.contract import (
@@ -740,9 +741,7 @@ def _items_document(
     items_metadata: Sequence[Mapping[str, Any]] | None,
     num_rows: int,
 ) -> list[dict[str, Any]]:
-    if isinstance(item_ids, str | bytes):
-        raise TypeError("item_ids must be a sequence of ids, not one str")
-    ids = [_item_id(i) for i in item_ids]
+    ids = checked_item_ids(item_ids, "item_ids")
     if len(ids) != num_rows:
         raise ValueError(f"got {len(ids)} item ids for a table of {num_rows} rows")
     if not ids:
@@ -761,14 +760,6 @@ def _items_document(
             raise ValueError(f"metadata of item {item_id!r} must be a dict without 'id': {meta!r}")
         items.append({"id": item_id, **_jsonable(dict(meta))})
     return items
-
-
-def _item_id(value: object) -> str:
-    if isinstance(value, int | np.integer) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"item ids must be non-empty str (or int), got {value!r}")
-    return value
 
 
 def _jsonable(value: Any) -> Any:

@@ -262,7 +262,7 @@ class Recommender:
             TypeError, ValueError: for a bad id or timestamp.
             HistoryStoreError: if the history store fails; nothing was stored.
         """
-        self._history_store().append(user_id(user), item_ids([item], "item")[0], timestamp)
+        self._history_store().append(user, item, timestamp)
 
     def forget(self, user: str | int) -> None:
         """Deletes every stored event of ``user`` on this device."""
