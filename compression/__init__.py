@@ -26,7 +26,6 @@ if TYPE_CHECKING:
         Candidate,
         auto_compress,
         default_candidates,
-        user_ndcg_at_10,
     )
     from pocketrec.compression._cluster import (
         cluster,
@@ -79,7 +78,6 @@ _MODULE_OF = {
     "Candidate": "_auto",
     "auto_compress": "_auto",
     "default_candidates": "_auto",
-    "user_ndcg_at_10": "_auto",
     "ClusteringConfig": "_configs",
     "cluster": "_cluster",
     "unique_weight_counts": "_cluster",
@@ -136,7 +134,6 @@ __all__ = [
     "quantize_table",
     "representative_histories",
     "unique_weight_counts",
-    "user_ndcg_at_10",
     "weight_sparsity",
 ]
 

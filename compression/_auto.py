@@ -9,14 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from pocketrec.compression._compress import CompressionResult, checked_parts, compress
 from pocketrec.compression._parts import ModelParts
 from pocketrec.compression._recipes import RECIPES, Recipe, get_recipe
 from pocketrec.errors import CompressionError
-from pocketrec.evaluation import Split, target_ranks
-from pocketrec.sdk import Recommender
+from pocketrec.evaluation import Split
 
 if TYPE_CHECKING:
     from pocketrec.training import TrainedModel
@@ -25,7 +22,6 @@ BASELINE = "float32"
 SIZE_METRICS = ("raw", "gzip")
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
-_USERS_PER_CALL = 256
 
 
 @dataclass(frozen=True)
@@ -192,7 +188,8 @@ def auto_compress(
     parts = checked_parts(source, split)
     baseline = compress(parts, BASELINE, out / BASELINE, split=split, probe_gpu=probe_gpu)
     base_ndcg = baseline.ndcg_at_10("valid")
-    base_users = user_ndcg_at_10(baseline.bundle, split)
+    # Per-user NDCG@10 from the ranks `evaluate` measured through the SDK: no re-scoring.
+    base_users = baseline.metrics["valid"].user_ndcg(10)
     tried: list[tuple[Recipe, CompressionResult | None, float | None, float | None, str]] = []
     for recipe in recipes:
         try:
@@ -201,7 +198,7 @@ def auto_compress(
             tried.append((recipe, None, None, None, f"failed: {error}"))
             continue
         drop = _relative_drop(base_ndcg, result.ndcg_at_10("valid"))
-        differences = base_users - user_ndcg_at_10(result.bundle, split)
+        differences = base_users - result.metrics["valid"].user_ndcg(10)
         se = float(differences.std(ddof=1) / math.sqrt(len(differences)) / base_ndcg)
         verdict = "exceeds" if drop > max_ndcg_drop else "within"
         reason = f"NDCG@10 drop {drop:.2%} ± {se:.2%} {verdict} the budget {max_ndcg_drop:.2%}"
@@ -234,24 +231,6 @@ def auto_compress(
     report = AutoReport(baseline, report_candidates, selected, max_ndcg_drop, size_metric)
     report.write(out)
     return report
-
-
-def user_ndcg_at_10(bundle: str | Path, split: Split, stage: str = "valid") -> np.ndarray:
-    """NDCG@10 of each evaluated user (target inside the universe), scored by the SDK.
-
-    The shared protocol's ranks (`pocketrec.evaluation.target_ranks`); the mean is
-    ``evaluate(...).ndcg_at_10``. float64 ``[users]``.
-    """
-    targets, histories = split.targets(stage), split.histories(stage)
-    users = np.flatnonzero(targets >= 0)
-    values = []
-    with Recommender.open(bundle) as recommender:
-        for start in range(0, len(users), _USERS_PER_CALL):
-            batch = users[start : start + _USERS_PER_CALL]
-            chosen = [histories[u] for u in batch]
-            ranks = target_ranks(recommender.score_rows(chosen), targets[batch], chosen)
-            values.append(np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0))
-    return np.concatenate(values)
 
 
 def _relative_drop(base: float, value: float) -> float:

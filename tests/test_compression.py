@@ -38,6 +38,7 @@ from pocketrec.compression import (
     accelerator_coverage,
     auto_compress,
     compress,
+    evaluate_bundle,
     get_recipe,
     inspect_model,
     model_parts,
@@ -46,7 +47,6 @@ from pocketrec.compression import (
     quantization_aware,
     quantize_table,
     representative_histories,
-    user_ndcg_at_10,
     weight_sparsity,
 )
 from pocketrec.compression._auto import REPORT_JSON, REPORT_MARKDOWN
@@ -452,10 +452,10 @@ def test_auto_keeps_the_smallest_bundle_within_budget_and_rejects_the_rest(
     markdown = (tmp_path / REPORT_MARKDOWN).read_text()
     assert "| ruinous |" in markdown and "exceeds the budget" in markdown
     # Drops and their errors come from the SDK's scores of the bundles written.
-    base_users = user_ndcg_at_10(tmp_path / "float32", split)
+    base_users = evaluate_bundle(tmp_path / "float32", split)["valid"].user_ndcg(10)
     assert base_users.mean() == pytest.approx(report.baseline.ndcg_at_10("valid"))
     float16 = by_name["float16"]
-    differences = base_users - user_ndcg_at_10(tmp_path / "float16", split)
+    differences = base_users - evaluate_bundle(tmp_path / "float16", split)["valid"].user_ndcg(10)
     assert float16.ndcg_drop == pytest.approx(differences.mean() / base_users.mean(), abs=1e-9)
     assert float16.ndcg_drop_se == pytest.approx(
         differences.std(ddof=1) / np.sqrt(len(differences)) / base_users.mean()

@@ -79,6 +79,8 @@ def test_malformed_lines_are_skipped_and_counted(tmp_path):
     [
         ("", {}, "is empty"),
         ("\n\n", {}, "is empty"),
+        (",,\n , \n", {}, "has no interactions: every line is blank"),
+        ("user,item\n", {}, "has a header line but no interactions"),
         ("1,2\n1,x\n", {}, r"log.csv:2: ids must be integers"),
         ("1,2\n", {"item_col": 5}, "column 5 does not exist"),
         ("user,item\n1,2\n", {"item_col": "movie"}, "no column named 'movie'"),
@@ -90,6 +92,72 @@ def test_bad_delimited_input_gets_a_clear_error(tmp_path, text, options, message
     path = write(tmp_path / "log.csv", text)
     with pytest.raises(DataError, match=message):
         load_delimited(path, **options)
+
+
+@pytest.mark.parametrize(
+    ("text", "options"),
+    [
+        ("user_id,item_id\nu1,i9\nu2,i3\n", {}),  # id columns named like ids
+        ("visitor,product,ts\nu1,i9,10\nu2,i3,11\n", {"time_col": 2}),  # time not a number
+        ("a,b,rating\nu1,i9,4.5\nu2,i3,1\n", {"weight_col": 2}),  # weight not a number
+    ],
+)
+def test_a_header_is_detected_with_string_ids(tmp_path, text, options):
+    path = write(tmp_path / "log.csv", text)
+    log = load_delimited(path, string_ids=True, **options)
+    assert log.users.tolist() == ["u1", "u2"] and log.items.tolist() == ["i9", "i3"]
+
+
+def test_header_option_overrides_detection_with_string_ids(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item\nu1,i9\n")
+    log = load_delimited(path, string_ids=True, header=False)
+    assert log.users.tolist() == ["user", "u1"]
+
+
+def test_quoted_csv_fields_lose_their_quotes_and_keep_their_commas(tmp_path):
+    path = write(tmp_path / "log.csv", '"user","item","t"\n"u1","Heat, The",5\n"u2", "i3",6\n')
+    log = load_delimited(path, user_col="user", item_col="item", time_col="t", string_ids=True)
+    assert log.users.tolist() == ["u1", "u2"] and log.items.tolist() == ["Heat, The", "i3"]
+    assert log.timestamps.tolist() == [5.0, 6.0]
+
+
+def test_double_colon_and_whitespace_files_still_split(tmp_path):
+    colons = load_delimited(write(tmp_path / "a.dat", "1::10::5::100\n2::20::3::101\n"), time_col=3)
+    spaces = load_delimited(write(tmp_path / "b.txt", "1  10 100\n2\t 20 101\n"), time_col=2)
+    for log in (colons, spaces):
+        assert log.users.tolist() == [1, 2] and log.items.tolist() == [10, 20]
+        assert log.timestamps.tolist() == [100.0, 101.0]
+
+
+def test_an_unclosed_quote_is_refused_with_its_line(tmp_path):
+    path = write(tmp_path / "log.csv", 'u1,i1\nu2,"i2\n')
+    with pytest.raises(DataError, match=r"log.csv:2: .*quot"):
+        load_delimited(path, string_ids=True)
+
+
+@pytest.mark.parametrize("bad", ["nan", "NaN", "inf", "-inf"])
+def test_non_finite_timestamps_and_weights_are_refused_with_their_line(tmp_path, bad):
+    times = write(tmp_path / "times.csv", f"1,2,10\n1,3,{bad}\n")
+    with pytest.raises(DataError, match=rf"times.csv:2: the timestamp '{bad}' is not finite"):
+        load_delimited(times, time_col=2)
+    weights = write(tmp_path / "weights.csv", f"1,2,4\n1,3,{bad}\n")
+    with pytest.raises(DataError, match=rf"weights.csv:2: the weight '{bad}' is not finite"):
+        load_delimited(weights, weight_col=2)
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_row(tmp_path, string_ids):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + b"1,10\n2,20\n")
+    log = load_delimited(path, string_ids=string_ids)
+    expected = [1, 2] if not string_ids else ["1", "2"]
+    assert log.users.tolist() == expected and len(log) == 2
+
+
+def test_a_byte_order_mark_before_a_header_keeps_the_first_column_name(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + b"user,item\n1,10\n")
+    assert load_delimited(path, user_col="user", item_col="item").users.tolist() == [1]
 
 
 def test_missing_path_and_non_movielens_folder_are_refused(tmp_path):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -49,6 +50,23 @@ def test_split_sorts_by_time_keeps_file_order_on_ties_and_first_duplicate():
         "valid_targets_outside_universe": 1,
         "test_targets_outside_universe": 1,
     }
+
+
+def test_split_describe_names_every_count_in_aligned_lines():
+    split = leave_last_out(log([(1, 1, 1), (1, 2, 2), (1, 2, 3), (1, 3, 4), (1, 4, 5)]))
+    split.stats["sampled_users"] = 1234
+    lines = split.describe().splitlines()
+    assert [line.rsplit(maxsplit=1) for line in lines] == [
+        ["users", "1"],
+        ["items", "2"],
+        ["repeated (user, item) events removed", "1"],
+        ["users dropped (under 3 events)", "0"],
+        ["validation targets not in any train history", "1"],
+        ["test targets not in any train history", "1"],
+        ["sampled users", "1,234"],
+    ]
+    assert len({len(line) for line in lines}) == 1, "values are right-aligned in one column"
+    assert split.stats["duplicates_removed"] == 1, "stats stay data"
 
 
 def test_split_targets_inside_universe_and_test_history_includes_valid_item():
@@ -112,6 +130,33 @@ def test_evaluate_matches_hand_computed_metrics():
     assert metrics.hr_at_10 == 1.0
     assert metrics.ndcg_at_10 == pytest.approx(1 / math.log2(4))
     assert metrics.mrr == pytest.approx(1 / 3)
+
+
+def test_evaluate_returns_each_users_rank_so_models_compare_user_by_user():
+    split = make_split()
+    user_of = {tuple(h.tolist()): row for row, h in enumerate(split.histories("valid"))}
+
+    def score_fn(histories):
+        # User row u gets u unseen items above the target: rank u (0-based).
+        scores = np.zeros((len(histories), split.num_items), dtype=np.float32)
+        for row, history in enumerate(histories):
+            user = user_of[tuple(history.tolist())]
+            target = split.valid[user]
+            unseen = [i for i in range(split.num_items) if i not in history and i != target]
+            scores[row, unseen[:user]] = 2.0
+            scores[row, target] = 1.0
+        return scores
+
+    metrics = evaluate(score_fn, split, "valid", batch_size=4)
+    assert metrics.ranks.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert metrics.user_rows.tolist() == list(range(split.num_users))
+    assert metrics.user_ndcg(10) == pytest.approx([1 / math.log2(r + 2) for r in range(6)])
+    assert metrics.user_ndcg(2).mean() == pytest.approx((1 + 1 / math.log2(3)) / 6)
+    assert metrics.user_ndcg(10).mean() == pytest.approx(metrics.ndcg_at_10)
+    assert json.loads(json.dumps(metrics.as_dict())) == metrics.as_dict()
+    assert "ranks" not in metrics.as_dict()
+    with pytest.raises(ValueError, match="read-only"):
+        metrics.ranks[0] = 9.0
 
 
 def test_evaluate_rejects_scores_of_the_wrong_shape():

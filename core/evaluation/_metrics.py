@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -17,12 +17,25 @@ ScoreFn = Callable[[list[np.ndarray]], np.ndarray]
 
 @dataclass(frozen=True)
 class Metrics:
-    """Ranking metrics averaged over the evaluated users."""
+    """Ranking metrics averaged over the evaluated users, and the ranks behind them.
+
+    Attributes:
+        users: how many users were evaluated (their target is inside the item universe).
+        hr: HR@K by K.
+        ndcg: NDCG@K by K.
+        mrr: mean reciprocal rank.
+        ranks: float64 [users], each evaluated user's 0-based rank of the target (ties
+            take the mean position); kept so that callers can compare models user by user
+            (paired errors) without scoring again. Read-only; not in `as_dict`.
+        user_rows: int64 [users], the row in `Split.users` of each entry of `ranks`.
+    """
 
     users: int
     hr: dict[int, float]
     ndcg: dict[int, float]
     mrr: float
+    ranks: np.ndarray = field(repr=False, compare=False)
+    user_rows: np.ndarray = field(repr=False, compare=False)
 
     @property
     def hr_at_10(self) -> float:
@@ -32,11 +45,12 @@ class Metrics:
     def ndcg_at_10(self) -> float:
         return self.ndcg[10]
 
-    @property
-    def hr_at_50(self) -> float:
-        return self.hr[50]
+    def user_ndcg(self, k: int = 10) -> np.ndarray:
+        """float64 [users]: each evaluated user's NDCG@k; the mean is `ndcg[k]`."""
+        return _ndcg(self.ranks, k)
 
     def as_dict(self) -> dict[str, float]:
+        """The averages as JSON-ready values (no per-user ranks)."""
         values: dict[str, float] = {}
         for k in sorted(self.hr):
             values[f"hr@{k}"] = self.hr[k]
@@ -44,6 +58,10 @@ class Metrics:
         values["mrr"] = self.mrr
         values["users"] = self.users
         return values
+
+
+def _ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
 def target_ranks(scores: np.ndarray, targets: np.ndarray, exclude: list[np.ndarray]) -> np.ndarray:
@@ -82,7 +100,7 @@ def evaluate(
 
     The user's history items are excluded from the ranking (at test time that includes
     the validation item). HR@K = rank < K; NDCG@K = 1/log2(rank + 2) for rank < K; MRR =
-    1/(rank + 1); ranks are 0-based.
+    1/(rank + 1); ranks are 0-based. The per-user ranks come back in `Metrics.ranks`.
     """
     targets = split.targets(stage)
     users = np.flatnonzero(targets >= 0)
@@ -103,9 +121,13 @@ def evaluate(
                 f"({len(batch)}, {split.num_items}): one score per item of the universe"
             )
         ranks[start : start + len(batch)] = target_ranks(scores, targets[batch], batch_histories)
+    ranks.setflags(write=False)
+    users.setflags(write=False)
     return Metrics(
         users=len(users),
         hr={k: float(np.mean(ranks < k)) for k in ks},
-        ndcg={k: float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0))) for k in ks},
+        ndcg={k: float(np.mean(_ndcg(ranks, k))) for k in ks},
         mrr=float(np.mean(1.0 / (ranks + 1.0))),
+        ranks=ranks,
+        user_rows=users,
     )

@@ -11,6 +11,14 @@ from pocketrec.data import DataError, Interactions
 
 MIN_EVENTS = 3
 
+# Readable names of `Split.stats` keys, for `Split.describe`.
+_STAT_NAMES = {
+    "duplicates_removed": "repeated (user, item) events removed",
+    "users_dropped_under_3_events": f"users dropped (under {MIN_EVENTS} events)",
+    "valid_targets_outside_universe": "validation targets not in any train history",
+    "test_targets_outside_universe": "test targets not in any train history",
+}
+
 
 @dataclass
 class Split:
@@ -74,6 +82,22 @@ class Split:
         if stage not in ("valid", "test"):
             raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
         return self.valid if stage == "valid" else self.test
+
+    def describe(self) -> str:
+        """The split's size and `stats` as aligned lines with readable names, for people.
+
+        `stats` stays the machine-readable form (JSON reports); keys without a readable
+        name are shown with spaces for underscores.
+        """
+        rows = [("users", self.num_users), ("items", self.num_items)]
+        rows += [(_STAT_NAMES.get(k, k.replace("_", " ")), v) for k, v in self.stats.items()]
+        values = [f"{value:,}" for _, value in rows]
+        name_width = max(len(name) for name, _ in rows)
+        value_width = max(len(value) for value in values)
+        return "\n".join(
+            f"{name:<{name_width}}  {value:>{value_width}}"
+            for (name, _), value in zip(rows, values, strict=True)
+        )
 
     def item_popularity(self) -> np.ndarray:
         """int64 [num_items]: how often each item occurs in the train parts."""
