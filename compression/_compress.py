@@ -6,8 +6,6 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,8 @@ from pocketrec.compression._ptq import (
 from pocketrec.compression._qat import quantization_aware
 from pocketrec.compression._recipes import Recipe, get_recipe
 from pocketrec.evaluation import Metrics, Split, evaluate
-from pocketrec.sdk import Recommender, bundle_size, write_bundle
+from pocketrec.sdk import Bundle, Recommender
+from pocketrec.training.export import items_metadata
 
 if TYPE_CHECKING:
     from pocketrec.training import TrainedModel
@@ -189,31 +188,28 @@ def compress(
         details["sparsity"] = sparsity
     if unique_values is not None:
         details["unique_values"] = unique_values
-    bundle_args: dict[str, Any] = {
-        "model": model,
-        "table": table,
-        "item_ids": [str(i) for i in split.item_ids],
-        "history_length": parts.history_length,
-        "items_metadata": _items_metadata(split),
-        "model_version": model_version,
-        "recipe": recipe.name,
-        "quantization": recipe.quantization,
-        "accelerator": recipe.accelerator,
-        "extra": {"compression": details},
-    }
-    out = Path(out_bundle)
+    bundle = Bundle.build(
+        model=model,
+        table=table,
+        item_ids=[str(i) for i in split.item_ids],
+        history_length=parts.history_length,
+        items_metadata=items_metadata(split),
+        model_version=model_version,
+        recipe=recipe.name,
+        quantization=recipe.quantization,
+        accelerator=recipe.accelerator,
+        extra={"compression": details},
+    )
     metrics: dict[str, Metrics] = {}
     if measure:
-        metrics = _evaluate_bundle(bundle_args, split, out.parent)
-    write_bundle(
-        out,
-        metrics={stage: m.as_dict() for stage, m in metrics.items()},
-        **bundle_args,
-    )
+        # Measured in memory before writing: the metrics go into the manifest.
+        metrics = evaluate_bundle(bundle, split)
+        bundle = bundle.with_metrics({stage: m.as_dict() for stage, m in metrics.items()})
+    out = bundle.save(out_bundle)
     return CompressionResult(
         recipe=recipe,
         bundle=out,
-        sizes=bundle_size(out),
+        sizes=bundle.sizes(),
         metrics=metrics,
         model_info=inspect_model(model),
         accelerators=accelerator_coverage(model, probe_gpu=probe_gpu),
@@ -224,35 +220,9 @@ def compress(
     )
 
 
-def evaluate_bundle(bundle: str | Path, split: Split) -> dict[str, Metrics]:
+def evaluate_bundle(bundle: Bundle | str | Path, split: Split) -> dict[str, Metrics]:
     """Validation and test metrics of a bundle, scored by the SDK's ``Recommender``."""
     with Recommender.open(bundle) as recommender:
         return {
             stage: evaluate(recommender.score_rows, split, stage) for stage in ("valid", "test")
         }
-
-
-def _items_metadata(split: Split) -> list[dict[str, Any]]:
-    """Per item row: its title and genre names, as the bundle's ``items.json`` holds them."""
-    genres = np.asarray(split.item_genres)
-    names = list(split.genre_names)
-    metadata = []
-    for row, title in enumerate(split.titles):
-        entry: dict[str, Any] = {}
-        if title is not None:
-            entry["title"] = title
-        if genres.shape[1]:
-            entry["genres"] = [names[g] for g in np.flatnonzero(genres[row] > 0)]
-        metadata.append(entry)
-    return metadata
-
-
-def _evaluate_bundle(bundle_args: dict[str, Any], split: Split, parent: Path) -> dict[str, Metrics]:
-    # Metrics go into the manifest, so the bundle is measured from a scratch copy first.
-    parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".pocketrec-eval-", dir=parent))
-    try:
-        write_bundle(scratch / "bundle", **bundle_args)
-        return evaluate_bundle(scratch / "bundle", split)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

@@ -10,35 +10,34 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pocketrec.evaluation import Split
-from pocketrec.sdk import write_bundle
+from pocketrec.sdk import Bundle
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.convert import to_tflite
 
 
-def items_metadata(
-    trained: TrainedModel, split: Split | None = None
-) -> list[dict[str, Any]] | None:
-    """Per item ``{"title": str | None, "genres": [str, ...]}``, or None when nothing is known.
+def items_metadata(source: TrainedModel | Split) -> list[dict[str, Any]] | None:
+    """Per item row ``{"title": str, "genres": [str, ...]}`` (keys only where known).
 
-    Titles and genres come from ``split`` when given (it must have the model's items), else
-    from what the model kept of its training split.
+    ``source`` is a split or a trained model (which keeps its training split's titles and
+    genres). None when nothing is known. Every bundle writer (`export_bundle`,
+    ``pocketrec.compression.compress``) uses this one function.
     """
-    titles, genres, names = trained.titles, trained.item_genres, trained.genre_names
-    if split is not None:
-        if list(split.item_ids) != trained.item_ids.tolist():
-            raise ValueError(
-                f"expected a split with the model's {trained.num_items} items in the same "
-                f"order, got one with {split.num_items} items; pass the split the model was "
-                "trained on"
-            )
-        titles, genres, names = split.titles, split.item_genres, split.genre_names
+    titles, names = source.titles, source.genre_names
+    genres = np.asarray(source.item_genres)
     if all(title is None for title in titles) and not genres.any():
         return None
-    return [
-        {"title": title, "genres": [names[g] for g in row.nonzero()[0]]}
-        for title, row in zip(titles, genres, strict=True)
-    ]
+    metadata = []
+    for title, row in zip(titles, genres, strict=True):
+        entry: dict[str, Any] = {}
+        if title is not None:
+            entry["title"] = title
+        if genres.shape[1]:
+            entry["genres"] = [names[g] for g in np.flatnonzero(row > 0)]
+        metadata.append(entry)
+    return metadata
 
 
 def export_bundle(
@@ -62,16 +61,20 @@ def export_bundle(
     Returns:
         The bundle directory.
     """
+    if split is not None and list(split.item_ids) != trained.item_ids.tolist():
+        raise ValueError(
+            f"expected a split with the model's {trained.num_items} items in the same order, "
+            f"got one with {split.num_items} items; pass the split the model was trained on"
+        )
     model = to_tflite(trained.user_tower, quantization="float32")
     if metrics is None:
         metrics = _best_valid_metrics(trained)
-    return write_bundle(
-        out_dir,
+    bundle = Bundle.build(
         model=model,
         table=trained.item_table(),
         item_ids=trained.item_ids.tolist(),
         history_length=trained.config.history_length,
-        items_metadata=items_metadata(trained, split),
+        items_metadata=items_metadata(split if split is not None else trained),
         model_version=model_version,
         metrics=metrics,
         recipe="float32",
@@ -79,6 +82,7 @@ def export_bundle(
         accelerator="cpu",
         extra={"model_config": trained.config.to_dict(), "best_epoch": trained.best_epoch},
     )
+    return bundle.save(out_dir)
 
 
 def _best_valid_metrics(trained: TrainedModel) -> dict[str, Any]:
