@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pocketrec.compression._compress import CompressionResult, checked_parts, compress
 from pocketrec.compression._parts import ModelParts
 from pocketrec.compression._recipes import RECIPES, Recipe, get_recipe
-from pocketrec.errors import CompressionError
+from pocketrec.errors import CompressionError, ConversionError
 from pocketrec.evaluation import Split
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def auto_compress(
     for recipe in recipes:
         try:
             result = compress(parts, recipe, out / recipe.name, split=split, probe_gpu=probe_gpu)
-        except CompressionError as error:
+        except (CompressionError, ConversionError) as error:
             tried.append((recipe, None, None, None, f"failed: {error}"))
             continue
         drop = _relative_drop(base_ndcg, result.ndcg_at_10("valid"))

@@ -1,0 +1,145 @@
+"""How far LiteRT's CPU kernels really differ, per quantization: the golden self-check's bound.
+
+`python -m pocketrec.benchmarks.golden_tolerance` trains a default-sized dual encoder on a
+synthetic log, converts its user tower with every quantization, and runs real histories
+through the three CPU kernel sets LiteRT has (XNNPACK, the optimized builtins, the
+reference builtins) at one and two threads. It prints the largest user-vector deviation
+from XNNPACK at one thread, relative to ``max(1, max|vector|)`` (the golden check's rule),
+of the kernels the SDK runs (XNNPACK, optimized builtins) and of the reference kernels, the
+tolerance the SDK uses, and how many of 40 re-signed single-byte weight corruptions each
+tolerance lets through (many change the outputs less than any kernel difference).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse
+from typing import Any
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from pocketrec.errors import BundleError
+from pocketrec.sdk import GOLDEN_TOLERANCE, Bundle, ItemTable, UserTower, encode_histories
+from pocketrec.sdk.bundle import check_golden
+from pocketrec.sdk.contract import HISTORY_INPUT, MASK_INPUT, SIGNATURE_KEY, USER_VECTOR_OUTPUT
+
+RESOLVERS = {
+    "xnnpack": OpResolverType.AUTO,
+    "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    "reference": OpResolverType.BUILTIN_REF,
+}
+
+
+def run(model: bytes, history: np.ndarray, mask: np.ndarray, resolver: Any, threads: int):
+    interpreter = Interpreter(
+        model_content=model, num_threads=threads, experimental_op_resolver_type=resolver
+    )
+    runner = interpreter.get_signature_runner(SIGNATURE_KEY)
+    out = [
+        runner(**{HISTORY_INPUT: history[i : i + 1], MASK_INPUT: mask[i : i + 1]})[
+            USER_VECTOR_OUTPUT
+        ]
+        for i in range(len(history))
+    ]
+    return np.concatenate(out).astype(np.float64)
+
+
+def relative_deviation(a: np.ndarray, b: np.ndarray) -> float:
+    scale = np.maximum(1.0, np.abs(b).max(axis=1))
+    return float((np.abs(a - b).max(axis=1) / scale).max())
+
+
+def corrupt(model: bytes, rng: np.random.Generator) -> bytes:
+    """``model`` with one byte of one large constant buffer set to another value."""
+    data = bytearray(model)
+    root = schema.Model.GetRootAs(data, 0)
+    buffers = [root.Buffers(i).DataAsNumpy() for i in range(root.BuffersLength())]
+    weights = [b for b in buffers if isinstance(b, np.ndarray) and b.size >= 256]
+    chosen = weights[rng.integers(len(weights))]
+    index = rng.integers(chosen.size)
+    chosen[index] = (int(chosen[index]) + rng.integers(1, 256)) % 256
+    return bytes(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=600)
+    parser.add_argument("--items", type=int, default=800)
+    parser.add_argument("--histories", type=int, default=300)
+    parser.add_argument("--corruptions", type=int, default=40)
+    args = parser.parse_args()
+
+    from pocketrec.compression import post_training_quantize, representative_histories
+    from pocketrec.data import synthetic
+    from pocketrec.evaluation import leave_last_out
+    from pocketrec.training import ModelConfig, TrainConfig, train
+
+    split = leave_last_out(synthetic(num_users=args.users, num_items=args.items, seed=0))
+    trained = train(split, ModelConfig(), TrainConfig(epochs=2, progress=False))
+    table = ItemTable.quantize(trained.item_vectors(), "float32")
+    length = trained.config.history_length
+    histories = [h for h in split.histories("test")][: args.histories]
+    history, mask = encode_histories(table, histories, length)
+    ids = [str(i) for i in split.item_ids]
+    golden = [[ids[r] for r in h[-length:]] for h in histories[:8]]
+    rng = np.random.default_rng(0)
+    print(
+        f"{'quantization':12} {'deviation':>10} {'reference':>10} {'tolerance':>10} "
+        "corruptions accepted"
+    )
+    for quantization in GOLDEN_TOLERANCE:
+        representative = (
+            representative_histories(split, table, length) if quantization == "int8" else None
+        )
+        model = post_training_quantize(trained.user_tower, quantization, representative)
+        outputs = {
+            (name, threads): run(model, history, mask, resolver, threads)
+            for name, resolver in RESOLVERS.items()
+            for threads in (1, 2)
+        }
+        reference = outputs["xnnpack", 1]
+        # The SDK runs XNNPACK, or the optimized builtins where XNNPACK lacks an op; the
+        # reference kernels are printed for scale, not bounded.
+        deviation = max(
+            relative_deviation(o, reference)
+            for (name, _), o in outputs.items()
+            if name != "reference"
+        )
+        reference_deviation = max(
+            relative_deviation(o, reference)
+            for (name, _), o in outputs.items()
+            if name == "reference"
+        )
+        bundle = Bundle.build(
+            model=model,
+            table=table,
+            item_ids=ids,
+            history_length=length,
+            quantization=quantization,
+            golden_histories=golden,
+        )
+        accepted = {"now": 0, "before": 0}
+        for _ in range(args.corruptions):
+            tampered = Bundle(bundle.manifest, corrupt(model, rng), table, bundle.items, source="")
+            for name, tolerance in (("now", None), ("before", 5e-2)):
+                try:
+                    tower = UserTower(tampered.model, history_length=length, dim=table.dim)
+                    check_golden(tampered, tower, tolerance=tolerance)
+                    accepted[name] += 1
+                except BundleError:
+                    pass
+        print(
+            f"{quantization:12} {deviation:10.2e} {reference_deviation:10.2e} "
+            f"{GOLDEN_TOLERANCE[quantization]:10.0e} "
+            f"{accepted['now']}/{args.corruptions} (at 5e-2: {accepted['before']})"
+        )
+
+
+if __name__ == "__main__":
+    main()
