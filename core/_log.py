@@ -53,25 +53,27 @@ class _Formatter(logging.Formatter):
         return f"{record.levelname.lower()}: {message}"
 
 
-_handler: logging.Handler | None = None
-
-
-def configure(verbosity: int = NORMAL) -> None:
-    """Sends pocketrec's log to stderr at the level ``verbosity`` asks for.
+@contextlib.contextmanager
+def configured(verbosity: int = NORMAL) -> Iterator[None]:
+    """Sends pocketrec's log to stderr at the level ``verbosity`` asks for, for one run.
 
     ``QUIET``: errors only (results still go to stdout). ``NORMAL``: one line per stage.
     ``VERBOSE``: debug lines too. Below ``VERBOSE`` the runtimes are quietened
-    (`quiet_runtimes`). Calling it again replaces the previous configuration.
+    (`quiet_runtimes`). The logger's handlers and level are restored afterwards, so
+    in-process callers (tests, notebooks) keep their own configuration.
     """
-    global _handler
-    if _handler is not None:
-        LOGGER.removeHandler(_handler)
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(_Formatter("%(message)s"))
-    LOGGER.addHandler(_handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(message)s"))
+    previous_level = LOGGER.level
+    LOGGER.addHandler(handler)
     LOGGER.setLevel({QUIET: logging.ERROR, NORMAL: logging.INFO}.get(verbosity, logging.DEBUG))
     if verbosity < VERBOSE:
         quiet_runtimes()
+    try:
+        yield
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(previous_level)
 
 
 def quiet_runtimes() -> None:

@@ -14,6 +14,7 @@ included).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import re
@@ -121,11 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns its exit status (2: a reported error)."""
     args = build_parser().parse_args(argv)
     verbosity = _log.VERBOSE if args.verbose else _log.QUIET if args.quiet else _log.NORMAL
-    _log.configure(verbosity)
     try:
-        if verbosity == _log.VERBOSE:
-            return int(args.func(args) or 0)
-        with _log.filtered_native_stderr():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_log.configured(verbosity))
+            if verbosity < _log.VERBOSE:
+                stack.enter_context(_log.filtered_native_stderr())
             return int(args.func(args) or 0)
     except (CommandError, PocketrecError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
