@@ -1,29 +1,31 @@
 """The quantization benchmark: size × accuracy × latency for every compression recipe.
 
-`pocketrec bench --data PATH --out OUT` (or `python benchmarks/bench.py ...`) trains or
-loads the float model, builds every recipe's bundle, and measures each one with the
-on-device runtime in one run on one machine. Writes `results.json`, `results.md` and
-`pareto.png` into OUT.
+`pocketrec bench --data PATH --out OUT` (or `python benchmarks/bench.py ...`, the same
+command) trains or loads the float model, builds every recipe's bundle, and measures each
+one with the on-device runtime in one run on one machine. Writes `results.json`,
+`results.md` and `pareto.png` into OUT.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from pocketrec import _log
+from pocketrec.errors import PocketrecError
 
 QUICK_USERS = 200
 
@@ -40,6 +42,7 @@ class BenchConfig:
         calls: timed calls per latency figure (after warm-up).
         epochs: training epochs (None: the training default, or 2 in quick mode).
         seed: seeds the sample, the training and the recipes.
+        baselines: tune and measure the baselines too (rows of kind "baseline").
     """
 
     out: Path
@@ -50,7 +53,15 @@ class BenchConfig:
     epochs: int | None = None
     seed: int = 0
     baselines: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def dataset_name(source: str) -> str:
+    """``source`` with each absolute path cut to its last part ("MovieLens 100K at ml-100k").
+
+    Results are shared: they must not carry the directory layout of the machine that made
+    them.
+    """
+    return re.sub(r"(?<![\w.~])/[^\s,;()]+", lambda m: Path(m.group()).name or m.group(), source)
 
 
 def machine_info() -> dict[str, Any]:
@@ -123,15 +134,15 @@ def _measure_in_subprocess(bundle: Path, histories: list[list[str]], calls: int)
     finally:
         os.unlink(file.name)
     if done.returncode != 0:
-        raise RuntimeError(f"measuring {bundle} failed:\n{done.stderr[-3000:]}")
+        raise PocketrecError(f"measuring {bundle} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
     """Runs the benchmark on an interaction log; returns what `results.json` holds."""
     from pocketrec.compression import RECIPES, compress
-    from pocketrec.evaluation import leave_last_out, run_baselines
-    from pocketrec.training import ModelConfig, TrainConfig, TrainedModel, train
+    from pocketrec.evaluation import BaselineResult, leave_last_out, run_baselines
+    from pocketrec.training import ModelConfig, TrainConfig, TrainedModel, run_training
 
     started = time.perf_counter()
     out = Path(config.out)
@@ -147,23 +158,26 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
         names.remove("float32")
     names.insert(0, "float32")
 
+    baselines: dict[str, BaselineResult] = {}
     if config.model_dir is not None:
         trained = TrainedModel.load(config.model_dir)
+        if config.baselines:
+            baselines = run_baselines(split, progress=_log.bars_enabled())
     else:
-        train_config = TrainConfig(seed=config.seed, tensorboard_dir=str(out / "tensorboard"))
-        epochs = config.epochs if config.epochs is not None else (2 if config.quick else None)
-        if epochs is not None:
-            train_config.epochs = epochs
-        trained = train(split, ModelConfig(), train_config)
-        trained.save(out / "model")
+        default_epochs = 2 if config.quick else TrainConfig.epochs
+        epochs = config.epochs if config.epochs is not None else default_epochs
+        train_config = TrainConfig(seed=config.seed, epochs=epochs)
+        run = run_training(split, ModelConfig(), train_config, out, baselines=config.baselines)
+        trained, baselines = run.trained, run.baselines
 
     # The latest L test-time events of each user: what a device holds when it recommends.
     recent = trained.config.history_length
     histories = [[str(split.item_ids[i]) for i in h[-recent:]] for h in split.histories("test")]
     calls = config.calls if not config.quick else min(config.calls, 200)
     rows: list[dict[str, Any]] = []
-    for name in tqdm(names, desc="recipes"):
-        result = compress(trained, name, out / "bundles" / name, split=split)
+    for name in _log.progress(names, "recipes"):
+        bundle_dir = Path("bundles", name)  # recorded relative to OUT
+        result = compress(trained, name, out / bundle_dir, split=split)
         bundle, size, test = result.bundle, result.sizes, result.metrics["test"]
         timing = _measure_in_subprocess(bundle, histories, calls)
         rows.append(
@@ -188,7 +202,7 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
                 "sparsity": result.sparsity,
                 "gpu_fully_accelerated": result.accelerators.gpu_fully_accelerated,
                 "gpu_source": result.accelerators.gpu_source,
-                "bundle": str(bundle),
+                "bundle": bundle_dir.as_posix(),
             }
         )
     reference = rows[0]
@@ -198,30 +212,29 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
         row["size_ratio"] = reference["bundle_bytes"] / row["bundle_bytes"]
         row["gzip_ratio"] = reference["gzip_bytes"] / row["gzip_bytes"]
 
-    if config.baselines:
-        for name, result in run_baselines(split).items():
-            rows.append(
-                {
-                    "variant": name,
-                    "kind": "baseline",
-                    "model_bytes": None,
-                    "table_bytes": None,
-                    "bundle_bytes": None,
-                    "gzip_bytes": None,
-                    "hr_at_10": result.test.hr_at_10,
-                    "ndcg_at_10": result.test.ndcg_at_10,
-                    "mrr": result.test.mrr,
-                    "valid_ndcg_at_10": result.valid.ndcg_at_10,
-                    "p50_us": None,
-                    "p99_us": None,
-                    "params": result.params,
-                }
-            )
+    for name, result in baselines.items():
+        rows.append(
+            {
+                "variant": name,
+                "kind": "baseline",
+                "model_bytes": None,
+                "table_bytes": None,
+                "bundle_bytes": None,
+                "gzip_bytes": None,
+                "hr_at_10": result.test.hr_at_10,
+                "ndcg_at_10": result.test.ndcg_at_10,
+                "mrr": result.test.mrr,
+                "valid_ndcg_at_10": result.valid.ndcg_at_10,
+                "p50_us": None,
+                "p99_us": None,
+                "params": result.params,
+            }
+        )
     results = {
         "rows": rows,
         "machine": machine_info(),
         "data": {
-            "source": interactions.source,
+            "source": dataset_name(interactions.source),
             "users": split.num_users,
             "items": split.num_items,
             "quick": config.quick,
@@ -281,48 +294,15 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     pareto_plot(
         results["rows"],
         out / "pareto.png",
-        title=f"pocketrec variants on {Path(results['data']['source']).name or 'data'}",
+        title=f"pocketrec variants on {results['data']['source']}",
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pocketrec.data import add_data_arguments
-
-    add_data_arguments(parser, required=True)
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--model", help="reuse a saved training run instead of training")
-    parser.add_argument("--recipes", nargs="+", help="recipes to build (default: all)")
-    parser.add_argument("--quick", action="store_true", help="a small sample, for CI")
-    parser.add_argument("--calls", type=int, default=1000, help="timed calls per figure")
-    parser.add_argument("--epochs", type=int, help="training epochs")
-    parser.add_argument("--no-baselines", action="store_true")
-
-
-def run(args: argparse.Namespace) -> int:
-    from pocketrec.data import load_from_args
-
-    results = run_benchmark(
-        load_from_args(args),
-        BenchConfig(
-            out=Path(args.out),
-            recipes=args.recipes,
-            model_dir=Path(args.model) if args.model else None,
-            quick=args.quick,
-            calls=args.calls,
-            epochs=args.epochs,
-            seed=args.seed,
-            baselines=not args.no_baselines,
-        ),
-    )
-    print(results_markdown(results))
-    print(f"wrote {args.out}/results.json, results.md, pareto.png")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python benchmarks/bench.py ARGS` is `pocketrec bench ARGS`."""
+    from pocketrec.cli import main as pocketrec
+
+    return pocketrec(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from pocketrec.errors import CompressionError
 from pocketrec.evaluation import Split
 from pocketrec.sdk.contract import HISTORY_INPUT, MASK_INPUT
 from pocketrec.training.convert import user_tower_shape
+from pocketrec.training.fit import make_windows
 from pocketrec.training.model import user_tower_from_encoder
-from pocketrec.training.train import make_windows
 
 ITEM_TABLE_LAYER = "item_table"
 
@@ -193,7 +193,7 @@ def parts_from_stripped(
 def window_batches(
     split: Split, history_length: int, batch_size: int, seed: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless shuffled batches of training windows (`pocketrec.training.train.make_windows`).
+    """Endless shuffled batches of training windows (`pocketrec.training.make_windows`).
 
     Yields:
         items int32 ``[B, L]`` (0 at padding) and targets int32 ``[B, L]``, the next item

@@ -1,40 +1,646 @@
-"""The `pocketrec` console script.
+"""The `pocketrec` console script: every subcommand is registered and handled here.
 
-Each area registers its own subcommands from a light `_cli` module; heavy imports
-(TensorFlow, tfmot) happen inside the command that needs them, so `pocketrec recommend`
-stays TensorFlow-free.
+Registration needs only argparse and `pocketrec.data`; each handler imports the heavy
+packages (TensorFlow through `pocketrec.training`, tfmot through `pocketrec.compression`)
+when it runs, so `pocketrec --help` and `pocketrec recommend` never load TensorFlow.
+Before any of that, a handler checks that its extra is installed and that its ``--out``
+can be written, so a mistake costs seconds and prints one line, not a traceback.
+
+Results go to stdout; progress and runtime messages go to stderr through
+`pocketrec._log` (``--quiet``: errors only; ``--verbose``: everything, runtime chatter
+included).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import contextlib
+import importlib.util
+import json
+import re
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-_COMMAND_MODULES = (
-    "pocketrec._demo_cli",
-    "pocketrec.training._cli",
-    "pocketrec.compression._cli",
-    "pocketrec.sdk._cli",
-    "pocketrec.benchmarks._cli",
+from pocketrec import _log
+from pocketrec.data import add_data_arguments, load_from_args
+from pocketrec.errors import PocketrecError
+
+if TYPE_CHECKING:
+    from pocketrec.compression import CompressionResult, Recipe
+    from pocketrec.data import Interactions
+    from pocketrec.evaluation import Split
+    from pocketrec.sdk import Recommender
+    from pocketrec.training import TrainConfig
+
+# The extras a command needs, as (importable module, what it is, extra that installs it);
+# each extra includes the ones before it.
+_TENSORFLOW = (
+    ("tensorflow", "TensorFlow", "train"),
+    ("tf_keras", "tf_keras", "train"),
+    ("tensorboard", "TensorBoard", "train"),
+    ("flatbuffers", "flatbuffers", "train"),
 )
+_TFMOT = (
+    ("tensorflow_model_optimization", "TensorFlow Model Optimization", "compression"),
+    ("tree", "dm-tree", "compression"),
+)
+_MATPLOTLIB = (("matplotlib", "matplotlib", "bench"),)
+
+# Human labels for `Split.stats`.
+_SPLIT_STAT_LABELS = {
+    "duplicates_removed": "repeated (user, item) events removed",
+    "users_dropped_under_3_events": "users dropped (fewer than 3 events)",
+    "valid_targets_outside_universe": "validation targets not among training items",
+    "test_targets_outside_universe": "test targets not among training items",
+    "sampled_users": "users sampled",
+}
+
+# ESC sequences (CSI, OSC, two-byte), then every remaining C0/C1 control and DEL.
+_ESCAPE_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class CommandError(Exception):
+    """A command refused to run; the message says why and what to do (exit status 2)."""
+
+
+# -- the parser ------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `pocketrec` parser with every subcommand (imports nothing heavy)."""
     parser = argparse.ArgumentParser(
         prog="pocketrec",
         description="Train, compress and run on-device recommenders.",
     )
+    _add_verbosity(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for register in (
+        _register_demo,
+        _register_train,
+        _register_export,
+        _register_compress,
+        _register_recommend,
+        _register_bench,
+    ):
+        register(subparsers)
+    return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    # On the main parser and on every subcommand (`pocketrec train ... --quiet` works too);
+    # the subcommands' SUPPRESS default keeps them from overwriting the main parser's value.
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log everything, runtime (TensorFlow, LiteRT) messages included",
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="print results and errors only"
+    )
+
+
+def _subcommand(
+    subparsers: argparse._SubParsersAction, name: str, handler: Callable[..., int], **kwargs: Any
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, **kwargs)
+    _add_verbosity(parser, default=argparse.SUPPRESS)
+    parser.set_defaults(func=handler)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns its exit status (2: a reported error)."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    verbosity = _log.VERBOSE if args.verbose else _log.QUIET if args.quiet else _log.NORMAL
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_log.configured(verbosity))
+            if verbosity < _log.VERBOSE:
+                stack.enter_context(_log.filtered_native_stderr())
+            return int(args.func(args) or 0)
+    except (CommandError, PocketrecError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# -- shared checks and output ----------------------------------------------------------
+
+
+def require_extras(command: str, *groups: Sequence[tuple[str, str, str]]) -> None:
+    """Raises `CommandError` naming the extra to install when a needed module is missing.
+
+    Checked with `importlib.util.find_spec`, which locates a module without importing it.
+    """
+    for group in groups:
+        for module, what, extra in group:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                needed = groups[-1][0][2]  # the command's own extra includes the others
+                raise CommandError(
+                    f"pocketrec {command} needs {what}: pip install 'pocketrec[{needed}]'"
+                    + ("" if extra == needed else f" (or at least 'pocketrec[{extra}]')")
+                )
+
+
+def writable_dir(path: str | Path, *, parent: bool = False) -> Path:
+    """Creates ``path`` (or only its parent) and proves it writable with a probe file.
+
+    Run before loading data or TensorFlow, so an unwritable ``--out`` fails at once.
+    ``parent=True`` is for outputs that are replaced as a whole (bundles).
+    """
+    given = Path(path)
+    directory = given.parent if parent else given
+    if given.exists() and not given.is_dir():
+        raise CommandError(f"cannot write to {given}: it is a file; pass a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise CommandError(
+            f"cannot write to {given}: {reason} ({directory}); pass a writable --out"
+        ) from error
+    return given
+
+
+def printable(text: object) -> str:
+    """``text`` without terminal escape sequences or control characters (C0, C1, DEL).
+
+    Item titles and ids come from data files and bundles: printed raw, an ESC sequence in
+    one could rewrite the terminal.
+    """
+    cleaned = _ESCAPE_SEQUENCE.sub("", str(text))
+    return _CONTROL.sub(lambda m: " " if m.group() in "\t\n\r" else "", cleaned)
+
+
+def describe_split(split: Split) -> str:
+    """The split's size and what the protocol removed, one aligned "label: value" per line."""
+    lines = [f"split: {split.num_users:,} users, {split.num_items:,} items"]
+    labels = {key: _SPLIT_STAT_LABELS.get(key, key.replace("_", " ")) for key in split.stats}
+    width = max((len(label) for label in labels.values()), default=0)
+    for key, label in labels.items():
+        lines.append(f"  {label + ':':<{width + 1}} {split.stats[key]:>8,}")
+    return "\n".join(lines)
+
+
+def _train_config(**overrides: Any) -> TrainConfig:
+    from pocketrec.training import TrainConfig
+
+    return TrainConfig(**{name: value for name, value in overrides.items() if value is not None})
+
+
+# -- demo -----------------------------------------------------------------------------
+
+
+def _register_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "demo",
+        _demo,
+        help="data -> train -> evaluate vs baselines -> bundle -> on-device recommendations",
+        description=(
+            "Runs the whole path: loads --data (else downloads MovieLens 100K, else "
+            "generates a synthetic log, saying which), trains the dual encoder, evaluates "
+            "it beside the baselines, exports a bundle, opens it with the TensorFlow-free "
+            "SDK and prints recommendations."
+        ),
+    )
+    parser.add_argument("--data", help="a MovieLens folder or a delimited file")
+    parser.add_argument("--out", default="runs/demo", help="where the run and bundle go")
+    parser.add_argument("--epochs", type=int, default=None, help="override training epochs")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    require_extras("demo", _TENSORFLOW)
+    started = time.perf_counter()
+    out = writable_dir(args.out)
+    log = _demo_data(args.data)
+    print(f"data: {printable(log.summary())}")
+    from pocketrec.evaluation import evaluate, leave_last_out, metrics_table
+
+    split = leave_last_out(log)
+    print(describe_split(split))
+
+    from pocketrec.sdk import Recommender
+    from pocketrec.training import ModelConfig, run_training
+
+    run = run_training(
+        split,
+        ModelConfig(),
+        _train_config(seed=args.seed, epochs=args.epochs),
+        out,
+        baselines=True,
+        bundle=True,
+    )
+    assert run.bundle is not None
+    # A fresh on-device history each run, so the printed recommendations are reproducible.
+    history = out / "history.sqlite"
+    history.unlink(missing_ok=True)
+    with Recommender.open(run.bundle, history_path=str(history)) as recommender:
+        on_device = evaluate(recommender.score_rows, split, "test")
+        rows = run.table_rows("pocketrec (Keras)")
+        rows["pocketrec bundle (LiteRT)"] = (None, on_device)
+        _show_recommendations(recommender, split)
+    print()
+    print("Full-ranking metrics, temporal leave-last-out (test = last event per user):")
+    print(metrics_table(rows))
+    print(f"\nbundle: {run.bundle}  tensorboard: {run.tensorboard_dir}")
+    print(f"done in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _demo_data(data: str | None) -> Interactions:
+    from pocketrec.data import DataError, fetch_movielens, load, synthetic
+
+    if data is not None:
+        return load(data)
+    try:
+        return load(fetch_movielens("100k"))
+    except DataError as error:
+        _log.LOGGER.warning(
+            "MovieLens 100K is not available (%s); using a synthetic log instead (pass "
+            "--data PATH for real data)",
+            error,
+        )
+        return synthetic(num_users=1000, num_items=1500)
+
+
+def _show_recommendations(recommender: Recommender, split: Split) -> None:
+    histories = split.histories("test")
+    for user in range(min(3, split.num_users)):
+        user_id = str(split.users[user])
+        history = [str(split.item_ids[i]) for i in histories[user]]
+        print(f"\nuser {printable(user_id)} recently:")
+        for item in history[-5:]:
+            print(f"    {_split_title(split, item)}")
+        for item in history:
+            recommender.observe(user_id, item)
+        print("  recommended:")
+        _print_scored(recommender.recommend(user=user_id, k=5).items)
+    user_id = str(split.users[0])
+    newest = recommender.recommend(user=user_id, k=1).items[0].item_id
+    recommender.observe(user_id, newest)
+    print(f"\nuser {printable(user_id)} watches {_split_title(split, newest)}; next:")
+    _print_scored(recommender.recommend(user=user_id, k=5).items)
+
+
+def _print_scored(items: Sequence[Any]) -> None:
+    for rec in items:
+        print(f"    {rec.score:7.3f}  {printable(rec.title or rec.item_id)}")
+
+
+def _split_title(split: Split, item: str) -> str:
+    return printable(split.titles[split.item_index[item]] or item)
+
+
+# -- train and export -----------------------------------------------------------------
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "train",
+        _train,
+        help="train the dual encoder and compare it with the baselines",
+        description=(
+            "Splits the data (temporal leave-last-out), trains the dual encoder with early "
+            "stopping on validation NDCG@10, prints its metrics beside the tuned baselines, "
+            "and saves the model in RUN_DIR/model, TensorBoard logs in RUN_DIR/tensorboard "
+            "and the metrics in RUN_DIR/metrics.json."
+        ),
+    )
+    add_data_arguments(parser, required=True)
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="where the run goes")
+    parser.add_argument("--epochs", type=int, help="maximum epochs (default: TrainConfig)")
+    parser.add_argument(
+        "--encoder",
+        choices=("attention", "mean", "gru"),
+        default="attention",
+        help="user tower encoder (default: attention)",
+    )
+    parser.add_argument("--dim", type=int, default=64, help="embedding dimension D (default 64)")
+    parser.add_argument(
+        "--history-length", type=int, default=50, help="history items L the model reads"
+    )
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip training and tuning the baselines"
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    require_extras("train", _TENSORFLOW)
+    out = writable_dir(args.out)
+    from pocketrec.evaluation import leave_last_out, metrics_table
+    from pocketrec.training import ModelConfig, run_training
+
+    model_config = ModelConfig(
+        embedding_dim=args.dim, history_length=args.history_length, encoder=args.encoder
+    )
+    train_config = _train_config(seed=args.seed, epochs=args.epochs)
+    train_config.validate()
+    interactions = load_from_args(args)
+    print(f"data: {printable(interactions.summary())}")
+    split = leave_last_out(interactions)
+    print(describe_split(split))
+    run = run_training(split, model_config, train_config, out, baselines=not args.no_baselines)
+    print(metrics_table(run.table_rows(f"pocketrec ({model_config.encoder})")))
+    print(f"best epoch {run.trained.best_epoch}; model: {run.model_dir}")
+    print(f"tensorboard --logdir {run.tensorboard_dir}")
+    return 0
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "export",
+        _export,
+        help="write a trained model as a float32 bundle for the SDK",
+        description=(
+            "Converts the user tower of a `pocketrec train` run to TFLite, computes the item "
+            "table with the item tower, and writes a bundle that `pocketrec recommend` opens."
+        ),
+    )
+    parser.add_argument(
+        "--model", required=True, metavar="RUN_DIR", help="a `pocketrec train --out` directory"
+    )
+    parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory")
+    parser.add_argument("--model-version", help="version text for the manifest")
+
+
+def _export(args: argparse.Namespace) -> int:
+    require_extras("export", _TENSORFLOW)
+    out = writable_dir(args.out, parent=True)
+    from pocketrec.training import TrainedModel, export_bundle
+    from pocketrec.training.pipeline import METRICS_FILE
+
+    model_dir = _model_dir(Path(args.model))
+    metrics_file = model_dir.parent / METRICS_FILE
+    metrics = (
+        json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+    )
+    trained = TrainedModel.load(model_dir)
+    bundle = export_bundle(trained, out, metrics=metrics, model_version=args.model_version)
+    print(f"bundle: {bundle}")
+    return 0
+
+
+def _model_dir(path: Path) -> Path:
+    # `pocketrec train --out RUN_DIR` saves the model under RUN_DIR/model.
+    return path / "model" if (path / "model").is_dir() else path
+
+
+# -- compress -------------------------------------------------------------------------
+
+
+def _register_compress(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "compress",
+        _compress,
+        help="compress a trained model into bundles (prune, cluster, quantize, auto-select)",
+        description=(
+            "Compress a trained model with a named recipe (--recipe) into a bundle, or build "
+            "every candidate recipe and keep the smallest bundle whose NDCG@10 drop on "
+            "validation stays within --max-ndcg-drop (--auto), writing report.json and "
+            "report.md. Accuracy is measured with the on-device runtime (LiteRT). Pass the "
+            "data the model was trained on (--data or --synthetic) to rebuild its split."
+        ),
+    )
+    parser.add_argument(
+        "--model", metavar="RUN_DIR", help="training run directory (or its model/ folder)"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--recipe", metavar="NAME", help="recipe to apply (see --list-recipes)")
+    mode.add_argument("--auto", action="store_true", help="try the candidates, keep the smallest")
+    mode.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
+    parser.add_argument("--out", metavar="DIR", help="bundle directory (--recipe) or report dir")
+    parser.add_argument(
+        "--max-ndcg-drop",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="largest relative NDCG@10 drop vs float32 on validation (default 0.01)",
+    )
+    parser.add_argument(
+        "--candidates",
+        metavar="NAMES",
+        help="comma-separated recipes for --auto (default: all but float32)",
+    )
+    parser.add_argument(
+        "--size-metric",
+        choices=("gzip", "raw"),
+        default="gzip",
+        help="bundle size compared by --auto (default gzip: what a download costs)",
+    )
+    parser.add_argument(
+        "--fine-tune-steps", type=int, metavar="N", help="override fine-tuning steps"
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_data_arguments(parser)
+
+
+def _compress(args: argparse.Namespace) -> int:
+    require_extras("compress", _TENSORFLOW, _TFMOT)
+    if args.list_recipes:
+        from pocketrec.compression import list_recipes
+
+        for recipe in list_recipes():
+            print(
+                f"{recipe.name:16} model {recipe.quantization:8} table {recipe.table_dtype:8} "
+                f"{recipe.accelerator:4} {recipe.description}"
+            )
+        return 0
+    if args.model is None or args.out is None or not (args.recipe or args.auto):
+        raise CommandError(
+            "pass --model RUN_DIR, --out and either --recipe NAME or --auto (or --list-recipes)"
+        )
+    if args.data is None and args.synthetic is None:
+        raise CommandError(
+            "pass the data the model was trained on (--data PATH or "
+            "--synthetic USERS with the same --seed): fine-tuning, int8 calibration and "
+            "evaluation need its split"
+        )
+    out = writable_dir(args.out, parent=not args.auto)
+
+    from pocketrec.compression import auto_compress, compress, default_candidates, get_recipe
+    from pocketrec.evaluation import leave_last_out
+    from pocketrec.training import TrainedModel
+
+    trained = TrainedModel.load(_model_dir(Path(args.model)))
+    split = leave_last_out(load_from_args(args))
+    if not args.auto:
+        result = compress(trained, _tuned(get_recipe(args.recipe), args), out, split=split)
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+        else:
+            _print_compression(result)
+        return 0
+    names = args.candidates.split(",") if args.candidates else None
+    if names is None and args.fine_tune_steps is not None:
+        names = list(default_candidates())
+    report = auto_compress(
+        trained,
+        out,
+        split=split,
+        max_ndcg_drop=args.max_ndcg_drop,
+        candidates=None if names is None else [_tuned(get_recipe(n), args) for n in names],
+        size_metric=args.size_metric,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.to_markdown())
+        print(f"\nselected {report.selected}: {report.selected_result.bundle}")
+    return 0
+
+
+def _tuned(recipe: Recipe, args: argparse.Namespace) -> Recipe:
+    if args.fine_tune_steps is None or not recipe.fine_tunes:
+        return recipe
+    import dataclasses
+
+    return dataclasses.replace(
+        recipe, fine_tune=dataclasses.replace(recipe.fine_tune, steps=args.fine_tune_steps)
+    )
+
+
+def _print_compression(result: CompressionResult) -> None:
+    sizes = result.sizes
+    print(f"bundle {result.bundle} (recipe {result.recipe.name})")
+    for part in ("model", "table", "total"):
+        print(f"  {part:6} {sizes[part]['raw']:>10,} B raw  {sizes[part]['gzip']:>10,} B gzip")
+    for stage, metrics in result.metrics.items():
+        print(f"  {stage:6} ndcg@10 {metrics.ndcg_at_10:.4f}  hr@10 {metrics.hr_at_10:.4f}")
+    if result.sparsity is not None:
+        print(f"  sparsity {result.sparsity['overall']:.3f} overall")
+    if result.unique_values is not None:
+        print(f"  distinct values per clustered weight <= {max(result.unique_values.values())}")
+    print(f"  accelerators: {result.accelerators.summary()}")
+
+
+# -- recommend ------------------------------------------------------------------------
+
+
+def _register_recommend(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "recommend",
+        _recommend,
+        help="recommend items from a bundle on this device (no TensorFlow)",
+        description=(
+            "Recommend items from a bundle for a history of item ids, or for a user whose "
+            "events are stored in a history database. With both, the given history follows "
+            "the stored one."
+        ),
+    )
+    parser.add_argument("bundle", metavar="BUNDLE", help="bundle directory")
+    parser.add_argument(
+        "--history", nargs="+", metavar="ID", default=None, help="item ids, oldest first"
+    )
+    parser.add_argument("--user", metavar="U", help="user whose stored history to use")
+    parser.add_argument(
+        "--history-db", metavar="PATH", help="SQLite history database (needed with --user)"
+    )
+    parser.add_argument("--k", type=int, default=10, help="how many items (default 10)")
+    parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from pocketrec.sdk import Recommender
+
+    if args.user is not None and args.history_db is None:
+        raise CommandError("--user needs --history-db PATH (where the events are)")
+    with Recommender.open(
+        args.bundle, num_threads=args.threads, history_path=args.history_db
+    ) as recommender:
+        result = recommender.recommend(args.history, user=args.user, k=args.k)
+    if args.json:
+        # json.dumps escapes every control character: the document is safe as it is.
+        document = {
+            "items": [
+                {"item_id": r.item_id, "score": r.score, "title": r.title} for r in result.items
+            ],
+            "unknown_items": result.unknown_items,
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    if result.unknown_items:
+        _log.LOGGER.warning(
+            "%d history ids are not in the bundle and were ignored", result.unknown_items
+        )
+    for rank, r in enumerate(result.items, start=1):
+        title = printable(r.title) if r.title is not None else "(no title)"
+        print(f"{rank:>3}. {r.score:9.4f}  {printable(r.item_id):<12} {title}")
+    return 0
+
+
+# -- bench ----------------------------------------------------------------------------
+
+
+def _register_bench(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "bench",
+        _bench,
+        help="size × accuracy × latency of every compression recipe (table + plot)",
+        description=(
+            "Trains (or loads) the float model, builds every compression recipe, and "
+            "measures each bundle with the on-device runtime: bytes raw and gzip, "
+            "HR@10/NDCG@10/MRR on the test split, user-tower and recommend latency "
+            "p50/p99 at one thread, load time and peak RSS; baselines as rows. Writes "
+            "results.json, results.md and pareto.png into --out."
+        ),
+    )
+    add_data_arguments(parser, required=True)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--model", help="reuse a saved training run instead of training")
+    parser.add_argument("--recipes", nargs="+", help="recipes to build (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a small sample, for CI")
+    parser.add_argument("--calls", type=int, default=1000, help="timed calls per figure")
+    parser.add_argument("--epochs", type=int, help="training epochs")
+    parser.add_argument("--no-baselines", action="store_true")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    require_extras("bench", _TENSORFLOW, _TFMOT, _MATPLOTLIB)
+    out = writable_dir(args.out)
+    from pocketrec.benchmarks.bench import BenchConfig, results_markdown, run_benchmark
+
+    results = run_benchmark(
+        load_from_args(args),
+        BenchConfig(
+            out=out,
+            recipes=args.recipes,
+            model_dir=_model_dir(Path(args.model)) if args.model else None,
+            quick=args.quick,
+            calls=args.calls,
+            epochs=args.epochs,
+            seed=args.seed,
+            baselines=not args.no_baselines,
+        ),
+    )
+    print(results_markdown(results))
+    print(f"wrote {out / 'results.json'}, results.md, pareto.png")
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pocketrec.compression import FineTuneConfig, Recipe
 from pocketrec.data import synthetic
 from pocketrec.evaluation import Split, leave_last_out
 from pocketrec.training import ModelConfig, TrainConfig, TrainedModel
-from pocketrec.training.train import train
+from pocketrec.training.fit import train
 
 # The CLI test rebuilds this split from `--synthetic USERS --synthetic-items N --seed S`.
 USERS, ITEMS, SEED = 150, 60, 0

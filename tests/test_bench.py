@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from pocketrec.benchmarks.bench import BenchConfig, run_benchmark
+from pocketrec.benchmarks.bench import BenchConfig, dataset_name, run_benchmark
 from pocketrec.data import synthetic
 
 ROW_FIELDS = {
@@ -76,3 +76,21 @@ def test_baselines_are_rows_and_machine_block_names_the_libraries(quick_run):
 def test_unknown_recipe_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown recipes"):
         run_benchmark(synthetic(50, 40), BenchConfig(out=tmp_path, recipes=["int3"]))
+
+
+def test_results_carry_no_path_of_the_machine_that_made_them(quick_run):
+    out, results = quick_run
+    for name in ("results.json", "results.md"):
+        assert str(out) not in (out / name).read_text()
+    for row in results["rows"]:
+        if row["kind"] == "bundle":
+            assert (out / row["bundle"] / "manifest.json").is_file()
+    assert (out / "model" / "model.json").is_file() and (out / "metrics.json").is_file()
+
+
+def test_dataset_name_keeps_the_last_part_of_each_path():
+    source = "MovieLens 100K at /work/shared/data/ml-100k"
+    assert dataset_name(source) == "MovieLens 100K at ml-100k"
+    assert dataset_name("/data/logs/events.csv") == "events.csv"
+    synthetic_source = "synthetic(num_users=10, num_items=5, seed=0)"
+    assert dataset_name(synthetic_source) == synthetic_source

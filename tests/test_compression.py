@@ -467,7 +467,7 @@ def test_auto_keeps_the_smallest_bundle_within_budget_and_rejects_the_rest(
 
 def test_cli_module_imports_no_tensorflow() -> None:
     code = (
-        "import sys, pocketrec.compression._cli\n"
+        "import sys; from pocketrec.cli import build_parser; build_parser()\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -502,11 +502,6 @@ def test_cli_without_data_says_what_to_pass(
 
 
 def _cli(argv: list[str]) -> int:
-    import argparse
+    from pocketrec.cli import main
 
-    from pocketrec.compression import _cli as cli
-
-    parser = argparse.ArgumentParser(prog="pocketrec")
-    cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["compress", *argv])
-    return int(args.func(args))
+    return main(["compress", *argv])

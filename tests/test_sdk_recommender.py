@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import shutil
@@ -23,6 +22,7 @@ from _sdk_fixtures import (
     write_tiny_bundle,
 )
 
+from pocketrec.cli import main
 from pocketrec.errors import BundleError
 from pocketrec.sdk import (
     TABLE_DTYPES,
@@ -34,7 +34,6 @@ from pocketrec.sdk import (
     RecommenderOptions,
     encode_histories,
 )
-from pocketrec.sdk._cli import register
 
 SDK_DIR = Path(__file__).resolve().parents[1] / "sdk"
 FORBIDDEN = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "keras")
@@ -348,10 +347,7 @@ def test_a_new_catalog_for_the_same_model_swaps_in(bundle) -> None:
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pocketrec")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_recommend_prints_items_with_titles_and_scores(bundle, capsys) -> None:
@@ -394,15 +390,12 @@ def test_recommending_never_imports_tensorflow(bundle) -> None:
     script = f"""
 import argparse, sys
 from pocketrec.sdk import Recommender
-from pocketrec.sdk._cli import register
+from pocketrec.cli import main
 with Recommender.open({str(bundle)!r}) as rec:
     rec.observe("u", "m1")
     assert len(rec.recommend(user="u", k=3).items) == 3
     rec.score_rows([[1, 2]])
-parser = argparse.ArgumentParser()
-register(parser.add_subparsers())
-args = parser.parse_args(["recommend", {str(bundle)!r}, "--history", "m1"])
-assert args.func(args) == 0
+assert main(["recommend", {str(bundle)!r}, "--history", "m1"]) == 0
 loaded = [m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r}
           or m.startswith({FORBIDDEN_POCKETREC!r})]
 print("FORBIDDEN:", loaded)

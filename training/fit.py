@@ -15,6 +15,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import dataclasses
 import importlib.util
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +23,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from tqdm.auto import tqdm
 
+from pocketrec import _log
 from pocketrec.errors import PocketrecError
 from pocketrec.evaluation import Metrics, Split, evaluate
 from pocketrec.training._trained import TrainedModel
@@ -32,9 +33,9 @@ from pocketrec.training.model import ModelConfig, build_item_tower, build_sequen
 LOSSES = ("auto", "full", "sampled")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """How to train.
+    """How to train (frozen: derive variants with `dataclasses.replace`).
 
     Attributes:
         epochs: maximum passes over the training windows.
@@ -55,7 +56,8 @@ class TrainConfig:
         max_windows: at most this many windows per epoch (a random subset each epoch);
             None uses all.
         tensorboard_dir: where TensorBoard event files go; None writes none.
-        progress: show a tqdm bar per epoch.
+        progress: show a bar per epoch when stderr is a terminal (`pocketrec._log`); the
+            per-epoch log line is written either way.
     """
 
     epochs: int = 20
@@ -204,7 +206,9 @@ def train(
         started = time.perf_counter()
         order = rng.permutation(len(items))[:windows_per_epoch]
         batches = range(0, len(order), train_config.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{train_config.epochs}", disable=not show)
+        bar = _log.progress(
+            batches, f"epoch {epoch}/{train_config.epochs}", level=logging.DEBUG, bar=show
+        )
         total = 0.0
         for done, start in enumerate(bar, start=1):
             chosen = order[start : start + train_config.batch_size]
@@ -216,7 +220,6 @@ def train(
                 )
             total += loss
             bar.set_postfix(loss=f"{total / done:.4f}")
-        bar.close()
         valid = evaluate(trained.score_fn(), split, "valid")
         record = _record(epoch, total / len(batches), valid, time.perf_counter() - started)
         trained.history.append(record)
@@ -226,11 +229,15 @@ def train(
                     if name != "epoch":
                         tf.summary.scalar(name, value)
             writer.flush()
-        if show:
-            tqdm.write(
-                f"epoch {epoch}: loss {record['train/loss']:.4f}, valid ndcg@10 "
-                f"{valid.ndcg_at_10:.4f}, hr@10 {valid.hr_at_10:.4f}"
-            )
+        _log.LOGGER.info(
+            "epoch %d/%d: loss %.4f, valid ndcg@10 %.4f, hr@10 %.4f (%.1f s)",
+            epoch,
+            train_config.epochs,
+            record["train/loss"],
+            valid.ndcg_at_10,
+            valid.hr_at_10,
+            record["train/seconds"],
+        )
         if valid.ndcg_at_10 > best_ndcg:
             best_ndcg, waited, trained.best_epoch = valid.ndcg_at_10, 0, epoch
             best_weights = (trained.item_tower.get_weights(), trained.encoder.get_weights())

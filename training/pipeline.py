@@ -1,0 +1,109 @@
+"""One train → evaluate → export path, shared by `pocketrec demo`, `train` and `bench`.
+
+A run directory has one layout: ``model/`` (the saved `TrainedModel`), ``tensorboard/``
+(TensorBoard event files), ``metrics.json`` (valid and test metrics of the model) and,
+when asked, ``bundle/`` (a float32 bundle for the SDK).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pocketrec._log import LOGGER, bars_enabled
+from pocketrec.evaluation import BaselineResult, Metrics, Split, evaluate, run_baselines
+from pocketrec.training._trained import TrainedModel
+from pocketrec.training.export import export_bundle
+from pocketrec.training.fit import TrainConfig, train
+from pocketrec.training.model import ModelConfig
+
+MODEL_SUBDIR = "model"
+TENSORBOARD_SUBDIR = "tensorboard"
+METRICS_FILE = "metrics.json"
+BUNDLE_SUBDIR = "bundle"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What `run_training` produced.
+
+    Attributes:
+        trained: the model at its best validation epoch.
+        valid: its validation metrics (Keras scoring).
+        test: its test metrics.
+        baselines: the tuned baselines by name (empty when skipped).
+        out_dir: the run directory.
+        bundle: the exported bundle, or None when not exported.
+    """
+
+    trained: TrainedModel
+    valid: Metrics
+    test: Metrics
+    baselines: dict[str, BaselineResult]
+    out_dir: Path
+    bundle: Path | None
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out_dir / MODEL_SUBDIR
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.out_dir / TENSORBOARD_SUBDIR
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.out_dir / METRICS_FILE
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """The model's metrics as JSON-ready values (what ``metrics.json`` holds)."""
+        return {"valid": self.valid.as_dict(), "test": self.test.as_dict()}
+
+    def table_rows(self, label: str) -> dict[str, tuple[Metrics | None, Metrics | None]]:
+        """Rows for `pocketrec.evaluation.metrics_table`: the baselines, then the model."""
+        rows: dict[str, tuple[Metrics | None, Metrics | None]] = {
+            name: (result.valid, result.test) for name, result in self.baselines.items()
+        }
+        rows[label] = (self.valid, self.test)
+        return rows
+
+
+def run_training(
+    split: Split,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    baselines: bool = True,
+    bundle: bool = False,
+) -> TrainingRun:
+    """Trains on ``split``, evaluates beside the baselines, saves the run, maybe exports it.
+
+    TensorBoard logs go to ``out_dir/tensorboard`` whatever ``train_config.tensorboard_dir``
+    says: a run directory keeps its layout. The baselines run first (they are quick and
+    say what the model must beat).
+
+    Raises:
+        ValueError: bad settings.
+        PocketrecError: training failed (see `pocketrec.training.train`).
+    """
+    out = Path(out_dir)
+    train_config = dataclasses.replace(train_config, tensorboard_dir=str(out / TENSORBOARD_SUBDIR))
+    train_config.validate()
+    results: dict[str, BaselineResult] = {}
+    if baselines:
+        LOGGER.info("baselines (tuned on validation) ...")
+        results = run_baselines(split, progress=bars_enabled())
+    trained = train(split, model_config, train_config)
+    trained.save(out / MODEL_SUBDIR)
+    valid = evaluate(trained.score, split, "valid")
+    test = evaluate(trained.score, split, "test")
+    run = TrainingRun(trained, valid, test, results, out, None)
+    run.metrics_file.write_text(json.dumps(run.metrics(), indent=2), encoding="utf-8")
+    if bundle:
+        LOGGER.info("exporting the float32 bundle ...")
+        path = export_bundle(trained, out / BUNDLE_SUBDIR, split=split, metrics=run.metrics())
+        run = dataclasses.replace(run, bundle=path)
+    return run
