@@ -19,6 +19,7 @@ from _sdk_fixtures import (
     item_ids,
     item_vectors,
     nan_on_empty_tower,
+    run_in_threads,
     user_tower,
     write_tiny_bundle,
 )
@@ -204,8 +205,8 @@ def test_write_replaces_an_existing_bundle_and_leaves_no_temporary_files(bundle)
 def test_save_never_leaves_a_moment_when_the_path_is_not_a_bundle(tmp_path) -> None:
     path = tmp_path / "bundle"
     bundles = [
-        Bundle.open(write_tiny_bundle(tmp_path / f"b{i}", dtype=d))
-        for i, d in enumerate(("float32", "int8"))
+        Bundle.open(write_tiny_bundle(tmp_path / f"b{i}", dtype=dtype))
+        for i, dtype in enumerate(("float32", "int8"))
     ]
     bundles[0].save(path)
     stop = threading.Event()
@@ -215,20 +216,17 @@ def test_save_never_leaves_a_moment_when_the_path_is_not_a_bundle(tmp_path) -> N
         while not stop.is_set():
             seen.append(Bundle.open(path, verify=False).table.dtype)
 
-    readers = [threading.Thread(target=read, args=(t,)) for t in range(2)]
-    errors: list[BaseException] = []
-    for thread in readers:
-        thread.start()
-    try:
-        for i in range(30):
-            bundles[i % 2].save(path)
-    except BaseException as exc:  # collected so that the readers are always stopped
-        errors.append(exc)
-    finally:
-        stop.set()
-        for thread in readers:
-            thread.join()
-    assert errors == []
+    def save(t: int) -> None:
+        if t == 0:
+            try:
+                for i in range(30):
+                    bundles[i % 2].save(path)
+            finally:
+                stop.set()
+        else:
+            read(t)
+
+    assert run_in_threads(save, 3) == []
     assert set(seen) == {"float32", "int8"}
 
 
