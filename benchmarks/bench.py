@@ -162,7 +162,7 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
     if config.model_dir is not None:
         trained = TrainedModel.load(config.model_dir)
         if config.baselines:
-            baselines = run_baselines(split, progress=_log.bars_enabled())
+            baselines = run_baselines(split)
     else:
         default_epochs = 2 if config.quick else TrainConfig.epochs
         epochs = config.epochs if config.epochs is not None else default_epochs

@@ -20,6 +20,7 @@ import json
 import re
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,15 +50,6 @@ _TFMOT = (
     ("tree", "dm-tree", "compression"),
 )
 _MATPLOTLIB = (("matplotlib", "matplotlib", "bench"),)
-
-# Human labels for `Split.stats`.
-_SPLIT_STAT_LABELS = {
-    "duplicates_removed": "repeated (user, item) events removed",
-    "users_dropped_under_3_events": "users dropped (fewer than 3 events)",
-    "valid_targets_outside_universe": "validation targets not among training items",
-    "test_targets_outside_universe": "test targets not among training items",
-    "sampled_users": "users sampled",
-}
 
 # ESC sequences (CSI, OSC, two-byte), then every remaining C0/C1 control and DEL.
 _ESCAPE_SEQUENCE = re.compile(
@@ -190,16 +182,6 @@ def printable(text: object) -> str:
     return _CONTROL.sub(lambda m: " " if m.group() in "\t\n\r" else "", cleaned)
 
 
-def describe_split(split: Split) -> str:
-    """The split's size and what the protocol removed, one aligned "label: value" per line."""
-    lines = [f"split: {split.num_users:,} users, {split.num_items:,} items"]
-    labels = {key: _SPLIT_STAT_LABELS.get(key, key.replace("_", " ")) for key in split.stats}
-    width = max((len(label) for label in labels.values()), default=0)
-    for key, label in labels.items():
-        lines.append(f"  {label + ':':<{width + 1}} {split.stats[key]:>8,}")
-    return "\n".join(lines)
-
-
 def _train_config(**overrides: Any) -> TrainConfig:
     from pocketrec.training import TrainConfig
 
@@ -237,7 +219,7 @@ def _demo(args: argparse.Namespace) -> int:
     from pocketrec.evaluation import evaluate, leave_last_out, metrics_table
 
     split = leave_last_out(log)
-    print(describe_split(split))
+    print("split:\n" + textwrap.indent(split.describe(), "  "))
 
     from pocketrec.sdk import Recommender
     from pocketrec.training import ModelConfig, run_training
@@ -359,7 +341,7 @@ def _train(args: argparse.Namespace) -> int:
     interactions = load_from_args(args)
     print(f"data: {printable(interactions.summary())}")
     split = leave_last_out(interactions)
-    print(describe_split(split))
+    print("split:\n" + textwrap.indent(split.describe(), "  "))
     run = run_training(split, model_config, train_config, out, baselines=not args.no_baselines)
     print(metrics_table(run.table_rows(f"pocketrec ({model_config.encoder})")))
     print(f"best epoch {run.trained.best_epoch}; model: {run.model_dir}")

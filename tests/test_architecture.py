@@ -266,9 +266,7 @@ def _edit_doc(root: Path, old: str, new: str) -> None:
             "for data",
         ),
         (
-            lambda root: _edit_doc(
-                root, "`numpy`, `tqdm`, `matplotlib`", "`numpy`, `tqdm`, `scipy`, `matplotlib`"
-            ),
+            lambda root: _edit_doc(root, "`numpy`, `matplotlib`", "`numpy`, `scipy`, `matplotlib`"),
             "docs/architecture.md allows benchmarks to import scipy, which none of its files",
         ),
         (

@@ -10,7 +10,7 @@ import pytest
 from _sdk_fixtures import write_tiny_bundle
 
 from pocketrec._log import is_native_chatter
-from pocketrec.cli import build_parser, describe_split, main, printable
+from pocketrec.cli import build_parser, main, printable
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("demo", "train", "export", "compress", "recommend", "bench")
@@ -115,20 +115,6 @@ def test_recommend_json_keeps_the_title_escaped_not_raw(tmp_path, capsys):
     assert json.loads(out)["items"][0]["title"] == HOSTILE
 
 
-def test_split_statistics_read_as_labelled_lines():
-    from pocketrec.data import synthetic
-    from pocketrec.evaluation import leave_last_out
-
-    split = leave_last_out(synthetic(num_users=50, num_items=30, seed=1))
-    lines = describe_split(split).splitlines()
-    assert lines[0] == f"split: {split.num_users:,} users, {split.num_items:,} items"
-    assert len(lines) == 1 + len(split.stats)
-    assert "users dropped (fewer than 3 events):" in describe_split(split)
-    assert all("_" not in line and "{" not in line for line in lines)
-    assert len({len(line) for line in lines[1:]}) == 1  # the values end in one column
-
-
-@pytest.mark.parametrize("command", ["train", "bench", "demo"])
 def test_an_unwritable_out_is_refused_before_any_work(command, tmp_path):
     code = (
         "import sys; from pocketrec.cli import main\n"

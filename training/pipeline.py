@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketrec._log import LOGGER, bars_enabled
+from pocketrec._log import LOGGER
 from pocketrec.evaluation import BaselineResult, Metrics, Split, evaluate, run_baselines
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.export import export_bundle
@@ -95,7 +95,7 @@ def run_training(
     results: dict[str, BaselineResult] = {}
     if baselines:
         LOGGER.info("baselines (tuned on validation) ...")
-        results = run_baselines(split, progress=bars_enabled())
+        results = run_baselines(split)
     trained = train(split, model_config, train_config)
     trained.save(out / MODEL_SUBDIR)
     valid = evaluate(trained.score, split, "valid")

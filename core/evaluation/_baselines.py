@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from pocketrec import _log
 from pocketrec.evaluation._metrics import Metrics, evaluate
 from pocketrec.evaluation._split import Split
 
@@ -164,7 +164,7 @@ def run_baselines(
 ) -> dict[str, BaselineResult]:
     """Tunes and evaluates the baselines (all by default) on one split.
 
-    Item-item baselines are skipped, with a printed reason, for catalogs over
+    Item-item baselines are skipped, with a logged warning, for catalogs over
     `MAX_ITEMS_FOR_ITEM_ITEM` items.
     """
     available: dict[str, Baseline] = {
@@ -175,11 +175,13 @@ def run_baselines(
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {sorted(available)}")
     results = {}
-    for name in tqdm(chosen, desc="baselines", disable=not progress, leave=False):
+    for name in _log.progress(chosen, "baselines", bar=progress):
         if name in ("itemknn", "ease") and split.num_items > MAX_ITEMS_FOR_ITEM_ITEM:
-            print(
-                f"skipping baseline {name}: {split.num_items:,} items exceed the dense "
-                f"item-item limit of {MAX_ITEMS_FOR_ITEM_ITEM:,}"
+            _log.LOGGER.warning(
+                "skipping baseline %s: %s items exceed the dense item-item limit of %s",
+                name,
+                f"{split.num_items:,}",
+                f"{MAX_ITEMS_FOR_ITEM_ITEM:,}",
             )
             continue
         results[name] = tune(available[name], split, DEFAULT_GRIDS[name])

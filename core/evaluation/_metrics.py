@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from pocketrec import _log
 from pocketrec.errors import PocketrecError
 from pocketrec.evaluation._split import Split
 
@@ -111,7 +112,8 @@ def evaluate(
         batch_size = int(max(1, min(512, 2**24 // max(split.num_items, 1))))
     ranks = np.empty(len(users), dtype=np.float64)
     batches = range(0, len(users), batch_size)
-    for start in tqdm(batches, desc=f"evaluate {stage}", disable=not progress, leave=False):
+    stages = _log.progress(batches, f"evaluate {stage}", level=logging.DEBUG, bar=progress)
+    for start in stages:
         batch = users[start : start + batch_size]
         batch_histories = [histories[u] for u in batch]
         scores = np.array(score_fn(batch_histories), dtype=np.float32)
