@@ -115,6 +115,7 @@ def test_recommend_json_keeps_the_title_escaped_not_raw(tmp_path, capsys):
     assert json.loads(out)["items"][0]["title"] == HOSTILE
 
 
+@pytest.mark.parametrize("command", ["train", "bench", "demo"])
 def test_an_unwritable_out_is_refused_before_any_work(command, tmp_path):
     code = (
         "import sys; from pocketrec.cli import main\n"
