@@ -180,6 +180,37 @@ class Bundle:
         return bundle
 
     @classmethod
+    def from_parts(
+        cls,
+        manifest: Mapping[str, Any],
+        model: bytes,
+        table: ItemTable,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        verify: bool = True,
+    ) -> Bundle:
+        """The bundle ``manifest`` describes, from its parts already in memory.
+
+        The files are serialised as `save` writes them and each must match the manifest's
+        sha256 (e.g. a catalog rebuilt from synced rows against the signed manifest).
+
+        Raises:
+            BundleError: if a digest, the manifest or (with ``verify``) the golden
+                self-check fails.
+        """
+        manifest_bytes = _json_bytes(dict(manifest))
+        document = _parse_manifest(manifest_bytes, Path("<parts>"))
+        entry, files = table.to_files()
+        if document["table"] != entry:
+            raise BundleError(
+                f"the manifest's table entry {document['table']!r} is not the table's {entry!r}"
+            )
+        files[ITEMS_FILE] = _json_bytes({"items": [dict(item) for item in items]})
+        files[document["model"]["file"]] = bytes(model)
+        files[MANIFEST_FILE] = manifest_bytes
+        return cls.from_files(files, verify=verify, source="<parts>")
+
+    @classmethod
     def from_bytes(cls, data: bytes, *, verify: bool = True) -> Bundle:
         """A bundle from the tar archive `to_bytes` writes (e.g. received over a network).
 
@@ -281,6 +312,12 @@ class Bundle:
         """The same bundle with ``metrics`` in its manifest (e.g. once it was evaluated)."""
         manifest = copy.deepcopy(self._manifest)
         manifest["metrics"] = _jsonable(dict(metrics))
+        return Bundle(manifest, self._model, self._table, self._items, source=self._source)
+
+    def with_extra(self, extra: Mapping[str, Any]) -> Bundle:
+        """The same bundle with ``extra`` in its manifest (free-form, e.g. sync versions)."""
+        manifest = copy.deepcopy(self._manifest)
+        manifest["extra"] = _jsonable(dict(extra))
         return Bundle(manifest, self._model, self._table, self._items, source=self._source)
 
     def with_items(

@@ -143,6 +143,22 @@ class ItemTable:
         return self._dtype
 
     @property
+    def values(self) -> np.ndarray:
+        """The stored values ``[N, C]`` (read-only; see the module docstring)."""
+        view = self._values.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def scales(self) -> np.ndarray | None:
+        """The stored per-row scales ``[N]`` of int8/int4 tables (read-only), else None."""
+        if self._scales is None:
+            return None
+        view = self._scales.view()
+        view.flags.writeable = False
+        return view
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the stored arrays, scales included."""
         return int(self._values.nbytes + (0 if self._scales is None else self._scales.nbytes))

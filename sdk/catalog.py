@@ -1,0 +1,424 @@
+"""What the sync moves, in one place: catalog rows, signed records and item batches.
+
+`proto/pocketrec/sync/v1/sync.proto` defines the wire format; this module is its Python
+side for both ends. The server builds and signs records and encodes batches with it; the
+device verifies records, decodes batches, applies them to its rows and rebuilds the bundle
+whose digests the signed record names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from pocketrec.errors import BundleError, PocketrecError
+from pocketrec.proto import sync_pb2
+from pocketrec.sdk.bundle import Bundle
+from pocketrec.sdk.table import ItemTable
+
+MODEL_KIND = "pocketrec.model"
+CATALOG_KIND = "pocketrec.catalog"
+FAMILY_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+_ROW_DTYPES = {"float32": "<f4", "float16": "<f2", "int8": "i1", "int4": "u1"}
+
+
+class SignatureError(PocketrecError):
+    """A record that is unsigned, wrongly signed, malformed, or older than what is held."""
+
+
+def check_family(family: object) -> str:
+    """``family`` if it is a valid family name ([A-Za-z0-9._-], 1 to 64 characters).
+
+    Raises:
+        ValueError: naming the rule and what came.
+    """
+    if not isinstance(family, str) or not FAMILY_PATTERN.match(family):
+        raise ValueError(
+            f"a family is 1 to 64 characters of letters, digits, '.', '_' or '-'; got {family!r}"
+        )
+    return family
+
+
+# -- keys and signatures ------------------------------------------------------------------
+
+
+def generate_key() -> Ed25519PrivateKey:
+    """A new Ed25519 publisher key."""
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    """The key as unencrypted PKCS#8 PEM (keep it off devices, readable by the publisher)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The 32-byte raw public key as 64 hex digits: what a device is given."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw.hex()
+
+
+def load_private_key(data: bytes | str | Path) -> Ed25519PrivateKey:
+    """A publisher key from PKCS#8 PEM bytes or a file holding them.
+
+    Raises:
+        ValueError: if it is not an Ed25519 private key.
+    """
+    pem = Path(data).read_bytes() if isinstance(data, str | Path) else bytes(data)
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a PEM private key ({exc}); make one with `pocketrec keys`") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"the publisher key must be Ed25519, got {type(key).__name__}")
+    return key
+
+
+def load_public_key(data: bytes | str | Path | Ed25519PublicKey) -> Ed25519PublicKey:
+    """A publisher public key: 64 hex digits, 32 raw bytes, PEM, or a file holding one.
+
+    Raises:
+        ValueError: if it is none of these.
+    """
+    if isinstance(data, Ed25519PublicKey):
+        return data
+    if isinstance(data, Path) or (isinstance(data, str) and Path(data).is_file()):
+        data = Path(data).read_bytes()
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    text = raw.strip()
+    try:
+        if text.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(text)
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError(f"expected an Ed25519 key, got {type(key).__name__}")
+            return key
+        if len(text) == 64:
+            return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text.decode("ascii")))
+        if len(raw) == 32:
+            return Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not an Ed25519 public key: {exc}") from exc
+    raise ValueError(
+        "an Ed25519 public key is 64 hex digits, 32 raw bytes or PEM; got "
+        f"{len(raw)} bytes. `pocketrec keys` prints the publisher's"
+    )
+
+
+@dataclass(frozen=True)
+class SignedRecord:
+    """A record's exact bytes and the publisher's Ed25519 signature of them."""
+
+    record: bytes
+    signature: bytes
+
+    @classmethod
+    def sign(cls, document: Mapping[str, Any], key: Ed25519PrivateKey) -> SignedRecord:
+        """Serialises ``document`` as UTF-8 JSON and signs those bytes."""
+        record = json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        return cls(record, key.sign(record))
+
+    def verified(self, public_key: Ed25519PublicKey, kind: str) -> dict[str, Any]:
+        """The record's document once its signature and kind are checked.
+
+        Raises:
+            SignatureError: unsigned, wrongly signed, not JSON, or not a ``kind`` record.
+        """
+        if not self.signature:
+            raise SignatureError(f"the {kind} record is unsigned; refusing it")
+        try:
+            public_key.verify(self.signature, self.record)
+        except InvalidSignature:
+            raise SignatureError(
+                f"the {kind} record's signature does not verify with the publisher's public "
+                "key: it was changed, or signed by another key; refusing it"
+            ) from None
+        try:
+            document = json.loads(self.record.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SignatureError(f"the signed {kind} record is not JSON: {exc}") from exc
+        if not isinstance(document, dict) or document.get("kind") != kind:
+            raise SignatureError(f"expected a {kind!r} record, got {str(document)[:80]!r}")
+        return document
+
+    def to_proto(self) -> sync_pb2.SignedRecord:
+        return sync_pb2.SignedRecord(record=self.record, signature=self.signature)
+
+    @classmethod
+    def from_proto(cls, message: sync_pb2.SignedRecord) -> SignedRecord:
+        return cls(bytes(message.record), bytes(message.signature))
+
+    def to_json(self) -> dict[str, str]:
+        """For storing beside an installed bundle: the record as text, the signature as hex."""
+        return {"record": self.record.decode("utf-8"), "signature": self.signature.hex()}
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, str]) -> SignedRecord:
+        return cls(document["record"].encode("utf-8"), bytes.fromhex(document["signature"]))
+
+
+def model_document(family: str, model_version: int, model: bytes) -> dict[str, Any]:
+    """The model record of the proto's header for ``model`` as version ``model_version``."""
+    return {
+        "kind": MODEL_KIND,
+        "family": check_family(family),
+        "model_version": int(model_version),
+        "model_sha256": hashlib.sha256(model).hexdigest(),
+        "model_size_bytes": len(model),
+        "published_at": _now(),
+    }
+
+
+def catalog_document(
+    family: str, model_version: int, catalog_version: int, bundle: Bundle
+) -> dict[str, Any]:
+    """The catalog record of the proto's header: ``bundle`` (in row order) as this version."""
+    scales = bundle.table.scales
+    return {
+        "kind": CATALOG_KIND,
+        "family": check_family(family),
+        "model_version": int(model_version),
+        "catalog_version": int(catalog_version),
+        "model_sha256": bundle.model_sha256,
+        "item_count": bundle.table.num_items,
+        "scale_dtype": None if scales is None else np.dtype(scales.dtype).name,
+        "published_at": _now(),
+        "manifest": bundle.manifest,
+    }
+
+
+# -- rows -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A catalog's rows in the sync's order (ids sorted by their UTF-8 bytes).
+
+    Attributes:
+        item_ids: the ids, sorted.
+        metadata: per item its metadata without ``"id"``.
+        values: the item table's stored values ``[N, C]`` (see `pocketrec.sdk.table`).
+        scales: per-row scales ``[N]`` of int8/int4 tables, else None.
+        dtype, dim: the table's stored form and vector dimension.
+    """
+
+    item_ids: tuple[str, ...]
+    metadata: tuple[dict[str, Any], ...]
+    values: np.ndarray
+    scales: np.ndarray | None
+    dtype: str
+    dim: int
+
+    @classmethod
+    def of_bundle(cls, bundle: Bundle) -> Rows:
+        """The bundle's rows, reordered by id."""
+        ids = bundle.item_ids
+        order = sorted(range(len(ids)), key=lambda row: ids[row])
+        table = bundle.table
+        items = bundle.items
+        scales = table.scales
+        return cls(
+            item_ids=tuple(ids[r] for r in order),
+            metadata=tuple({k: v for k, v in items[r].items() if k != "id"} for r in order),
+            values=np.ascontiguousarray(table.values[order]),
+            scales=None if scales is None else np.ascontiguousarray(scales[order]),
+            dtype=table.dtype,
+            dim=table.dim,
+        )
+
+    @classmethod
+    def empty(cls, dtype: str, dim: int, columns: int, scale_dtype: str | None) -> Rows:
+        return cls(
+            (),
+            (),
+            np.zeros((0, columns), dtype=_ROW_DTYPES[dtype]),
+            None if scale_dtype is None else np.zeros(0, dtype=scale_dtype),
+            dtype,
+            dim,
+        )
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def table(self) -> ItemTable:
+        """The rows as an `ItemTable` (values in their stored form, not requantized)."""
+        return ItemTable(self.values, dtype=self.dtype, dim=self.dim, scales=self.scales)
+
+    def items(self) -> list[dict[str, Any]]:
+        """``items.json``'s entries: ``{"id": ..., **metadata}`` per row."""
+        return [{"id": i, **m} for i, m in zip(self.item_ids, self.metadata, strict=True)]
+
+    def take(self, rows: Sequence[int]) -> Rows:
+        """The rows at positions ``rows`` (which must keep the id order)."""
+        index = np.asarray(rows, dtype=np.int64)
+        return Rows(
+            tuple(self.item_ids[r] for r in rows),
+            tuple(self.metadata[r] for r in rows),
+            self.values[index],
+            None if self.scales is None else self.scales[index],
+            self.dtype,
+            self.dim,
+        )
+
+    def changed_since(self, base: Rows) -> tuple[Rows, list[str]]:
+        """What takes ``base`` to these rows: the new or changed rows, and the deleted ids."""
+        old = {item_id: row for row, item_id in enumerate(base.item_ids)}
+        changed = []
+        for row, item_id in enumerate(self.item_ids):
+            before = old.get(item_id)
+            if before is None or not self._same_row(row, base, before):
+                changed.append(row)
+        kept = set(self.item_ids)
+        deleted = [item_id for item_id in base.item_ids if item_id not in kept]
+        return self.take(changed), deleted
+
+    def applied(self, upserts: Rows, deleted: Iterable[str]) -> Rows:
+        """These rows with ``deleted`` removed and ``upserts`` added or replacing.
+
+        Raises:
+            ValueError: if the upserts are of another table form, or an id is both
+                upserted and deleted.
+        """
+        if (upserts.dtype, upserts.dim) != (self.dtype, self.dim) or (
+            upserts.values.shape[1:] != self.values.shape[1:]
+        ):
+            raise ValueError(
+                f"rows of a {upserts.dtype} [*, {upserts.dim}] table cannot update a "
+                f"{self.dtype} [*, {self.dim}] one: embedding spaces never mix"
+            )
+        gone = set(deleted)
+        clash = gone.intersection(upserts.item_ids)
+        if clash:
+            raise ValueError(f"ids {sorted(clash)[:5]} are both upserted and deleted")
+        replaced = gone.union(upserts.item_ids)
+        kept = [row for row, item_id in enumerate(self.item_ids) if item_id not in replaced]
+        ids = [self.item_ids[r] for r in kept] + list(upserts.item_ids)
+        order = sorted(range(len(ids)), key=lambda i: ids[i])
+        values = np.concatenate([self.values[kept], upserts.values])[order]
+        scales = None
+        if self.scales is not None and upserts.scales is not None:
+            scales = np.concatenate([self.scales[kept], upserts.scales.astype(self.scales.dtype)])
+            scales = scales[order]
+        metadata = [self.metadata[r] for r in kept] + list(upserts.metadata)
+        return Rows(
+            tuple(ids[i] for i in order),
+            tuple(metadata[i] for i in order),
+            np.ascontiguousarray(values),
+            None if scales is None else np.ascontiguousarray(scales),
+            self.dtype,
+            self.dim,
+        )
+
+    def _same_row(self, row: int, other: Rows, other_row: int) -> bool:
+        if self.metadata[row] != other.metadata[other_row]:
+            return False
+        if not np.array_equal(self.values[row], other.values[other_row]):
+            return False
+        if self.scales is None or other.scales is None:
+            return self.scales is other.scales
+        return bool(self.scales[row] == other.scales[other_row])
+
+
+# -- item batches (ItemBatch in sync.proto) ------------------------------------------------
+
+
+def encode_batch(upserts: Rows, deleted: Sequence[str] = ()) -> bytes:
+    """``upserts`` and ``deleted`` as a serialised `ItemBatch`."""
+    batch = sync_pb2.ItemBatch(
+        item_ids=list(upserts.item_ids),
+        metadata_json=[
+            json.dumps(m, ensure_ascii=False, separators=(",", ":")) for m in upserts.metadata
+        ],
+        values=np.ascontiguousarray(upserts.values.astype(_ROW_DTYPES[upserts.dtype])).tobytes(),
+        scales=b""
+        if upserts.scales is None
+        else np.ascontiguousarray(
+            upserts.scales.astype(upserts.scales.dtype.newbyteorder("<"))
+        ).tobytes(),
+        deleted_ids=list(deleted),
+    )
+    return batch.SerializeToString()
+
+
+def decode_batch(
+    data: bytes, *, dtype: str, dim: int, scale_dtype: str | None
+) -> tuple[Rows, list[str]]:
+    """A serialised `ItemBatch` as upserted rows and deleted ids (not yet sorted together).
+
+    Raises:
+        BundleError: if the batch does not parse or its columns disagree.
+    """
+    batch = sync_pb2.ItemBatch()
+    try:
+        batch.ParseFromString(bytes(data))
+    except Exception as exc:  # protobuf raises its own DecodeError
+        raise BundleError(f"an item batch does not parse: {exc}") from exc
+    count = len(batch.item_ids)
+    columns = (dim + 1) // 2 if dtype == "int4" else dim
+    row_dtype = np.dtype(_ROW_DTYPES[dtype])
+    if (
+        len(batch.metadata_json) != count
+        or len(batch.values) != count * columns * row_dtype.itemsize
+    ):
+        raise BundleError(
+            f"an item batch holds {count} ids, {len(batch.metadata_json)} metadata entries and "
+            f"{len(batch.values)} value bytes; expected {count * columns * row_dtype.itemsize}"
+        )
+    values = np.frombuffer(batch.values, dtype=row_dtype).reshape(count, columns)
+    scales = None
+    if scale_dtype is not None:
+        wanted = np.dtype(scale_dtype).newbyteorder("<")
+        if len(batch.scales) != count * wanted.itemsize:
+            raise BundleError(
+                f"an item batch holds {len(batch.scales)} scale bytes for {count} rows of "
+                f"{scale_dtype} scales"
+            )
+        scales = np.frombuffer(batch.scales, dtype=wanted).astype(scale_dtype)
+    metadata = []
+    for item_id, text in zip(batch.item_ids, batch.metadata_json, strict=True):
+        try:
+            meta = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"metadata of item {item_id!r} is not JSON: {exc}") from exc
+        if not isinstance(meta, dict) or "id" in meta:
+            raise BundleError(f"metadata of item {item_id!r} must be an object without 'id'")
+        metadata.append(meta)
+    native = values.astype(values.dtype.newbyteorder("="))  # the table's in-memory form
+    rows = Rows(tuple(batch.item_ids), tuple(metadata), native, scales, dtype, dim)
+    return rows, list(batch.deleted_ids)
+
+
+def bundle_of(record: Mapping[str, Any], model: bytes, rows: Rows) -> Bundle:
+    """The bundle a verified catalog record describes, rebuilt from the model and the rows.
+
+    Every file's sha256 must match the record's manifest, and the golden self-check runs
+    on this CPU.
+
+    Raises:
+        BundleError: if a digest or the self-check fails.
+    """
+    if len(rows) != record["item_count"]:
+        raise BundleError(
+            f"catalog version {record['catalog_version']} has {record['item_count']} items; "
+            f"the rows received make {len(rows)}"
+        )
+    return Bundle.from_parts(record["manifest"], model, rows.table(), rows.items())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

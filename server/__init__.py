@@ -1,0 +1,1 @@
+"""The sync server: a store of signed model and catalog versions, served over gRPC."""
