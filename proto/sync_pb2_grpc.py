@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class CatalogSyncStub:
-    """Missing associated documentation comment in .proto file."""
+    """Delivers signed model and catalog versions to devices.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +53,8 @@ class CatalogSyncStub:
 
 
 class CatalogSyncServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Delivers signed model and catalog versions to devices.
+    """
 
     def GetManifest(self, request, context):
         """The latest model and catalog versions of a family, with their signed records.
@@ -108,7 +110,8 @@ def add_CatalogSyncServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CatalogSync:
-    """Missing associated documentation comment in .proto file."""
+    """Delivers signed model and catalog versions to devices.
+    """
 
     @staticmethod
     def GetManifest(request,

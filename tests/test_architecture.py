@@ -26,7 +26,6 @@ TENSORFLOW = {"tensorflow", "tf_keras", "tensorflow_model_optimization"}
 _BACKTICKED = re.compile(r"`([^`]+)`")
 # A string that is a whole dotted pocketrec module name is loaded by name somewhere
 # (`core/cli.py`'s subcommand modules, `python -m ...`), so it counts as an import.
-_MODULE_NAME = re.compile(r"pocketrec(\.\w+)+")
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,7 @@ def imported_names(source: str, module: str, is_package: bool) -> list[tuple[int
     """(line, absolute module name) of every import that runs, at any depth.
 
     Imports under `if TYPE_CHECKING:` never run and are left out;
-    `importlib.import_module("literal")` and a string that is a whole `pocketrec.` module
-    name count.
+    `importlib.import_module("literal")` counts.
     """
     found: list[tuple[int, str]] = []
     package = module if is_package else module.rpartition(".")[0]
@@ -103,10 +101,6 @@ def imported_names(source: str, module: str, is_package: bool) -> list[tuple[int
                 parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{parent}.{base}".rstrip(".")
             found.extend((node.lineno, f"{base}.{alias.name}") for alias in node.names)
-
-        def visit_Constant(self, node: ast.Constant) -> None:
-            if isinstance(node.value, str) and _MODULE_NAME.fullmatch(node.value):
-                found.append((node.lineno, node.value))
 
         def visit_Call(self, node: ast.Call) -> None:
             function = node.func
@@ -272,10 +266,10 @@ def _edit_doc(root: Path, old: str, new: str) -> None:
         (
             lambda root: _edit_doc(
                 root,
-                "\n\n`proto/`",
-                "\n| `proto/` | `pocketrec.proto` | gRPC | `grpc` | |\n\n`proto/`",
+                "\n\n## Shared contracts",
+                "\n| `ios/` | `pocketrec.ios` | Swift bindings | `grpc` | |\n\n## Shared contracts",
             ),
-            "docs/architecture.md has a row for pocketrec.proto, which pyproject.toml's "
+            "docs/architecture.md has a row for pocketrec.ios, which pyproject.toml's "
             "package-dir does not map",
         ),
         (
