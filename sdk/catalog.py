@@ -228,7 +228,7 @@ class Rows:
     def of_bundle(cls, bundle: Bundle) -> Rows:
         """The bundle's rows, reordered by id."""
         ids = bundle.item_ids
-        order = sorted(range(len(ids)), key=lambda row: ids[row])
+        order = np.argsort(np.asarray(ids, dtype=str), kind="stable")
         table = bundle.table
         items = bundle.items
         scales = table.scales
@@ -254,6 +254,21 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    def concatenated(self, parts: Sequence[Rows]) -> Rows:
+        """These rows followed by ``parts`` (each in id order, no id twice), e.g. chunks."""
+        every = [self, *parts]
+        scales = None
+        if self.scales is not None:
+            scales = np.concatenate([part.scales for part in every if part.scales is not None])
+        return Rows(
+            tuple(i for part in every for i in part.item_ids),
+            tuple(m for part in every for m in part.metadata),
+            np.concatenate([part.values for part in every]),
+            scales,
+            self.dtype,
+            self.dim,
+        )
 
     def table(self) -> ItemTable:
         """The rows as an `ItemTable` (values in their stored form, not requantized)."""
@@ -308,7 +323,8 @@ class Rows:
         replaced = gone.union(upserts.item_ids)
         kept = [row for row, item_id in enumerate(self.item_ids) if item_id not in replaced]
         ids = [self.item_ids[r] for r in kept] + list(upserts.item_ids)
-        order = sorted(range(len(ids)), key=lambda i: ids[i])
+        # numpy sorts str by code point, the order of the ids' UTF-8 bytes.
+        order = np.argsort(np.asarray(ids, dtype=str), kind="stable") if ids else []
         values = np.concatenate([self.values[kept], upserts.values])[order]
         scales = None
         if self.scales is not None and upserts.scales is not None:

@@ -1,0 +1,546 @@
+"""The device side of the sync: bring a local bundle up to the server's signed versions.
+
+`SyncClient.sync` asks the server for the latest model and catalog versions, downloads
+what changed (a new model with its full table, or the rows of a newer catalog), rebuilds
+the bundle the signed catalog record describes, checks it (signatures, every sha256, the
+golden self-check), then makes it current with `Bundle.save`'s atomic swap and, when given
+one, swaps it into a running `Recommender`. Until that swap nothing the device uses
+changes, so a failure or a kill -9 at any point leaves a valid bundle in use.
+
+Device directory::
+
+    DEVICE_DIR/bundle            the bundle in use (a link to its version, see Bundle.save)
+    DEVICE_DIR/state.json        the highest versions accepted, and their signed records
+    DEVICE_DIR/downloads/        partial model downloads, resumed from their size
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from pocketrec.errors import BundleError, PocketrecError
+from pocketrec.proto import sync_pb2, sync_pb2_grpc
+from pocketrec.sdk.bundle import Bundle, read_manifest
+from pocketrec.sdk.catalog import (
+    CATALOG_KIND,
+    MODEL_KIND,
+    Rows,
+    SignatureError,
+    SignedRecord,
+    bundle_of,
+    check_family,
+    decode_batch,
+    load_public_key,
+)
+from pocketrec.sdk.recommender import Recommender
+
+LOGGER = logging.getLogger("pocketrec.sync")
+BUNDLE_DIR = "bundle"
+STATE_FILE = "state.json"
+DOWNLOADS_DIR = "downloads"
+# Failures worth another try: the server restarting, a broken connection, a busy server.
+_RETRIABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class SyncError(PocketrecError):
+    """A sync that could not complete; the bundle in use is unchanged."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one `SyncClient.sync` did.
+
+    Attributes:
+        model_version, catalog_version: the versions in use afterwards.
+        changed: whether a new bundle was installed.
+        snapshot: whether the rows came as a full snapshot (None when nothing changed).
+        rows: rows received (upserted) in the item stream.
+        deleted: ids the delta deleted.
+        model_bytes: model bytes downloaded (0 when the model was already here).
+        batch_bytes: item batch bytes received, chunks refetched included.
+        resumed_from: chunk indices the item stream was resumed from after a failure.
+        seconds: wall time.
+        bundle: the bundle in use.
+    """
+
+    model_version: int
+    catalog_version: int
+    changed: bool
+    snapshot: bool | None
+    rows: int
+    deleted: int
+    model_bytes: int
+    batch_bytes: int
+    resumed_from: tuple[int, ...]
+    seconds: float
+    bundle: Path
+
+
+@dataclass(frozen=True)
+class _Held:
+    """The installed bundle and the versions it is."""
+
+    bundle: Bundle
+    model_version: int
+    catalog_version: int
+
+
+class SyncClient:
+    """Syncs one device directory with a pocketrec sync server.
+
+    Every call has a deadline; failures that a retry can cure (the server restarting, a
+    broken stream, a damaged chunk) are retried with exponential backoff and jitter, and
+    a broken item stream resumes from its first missing chunk. Anything unsigned, wrongly
+    signed or older than what the device holds is refused (unless ``allow_rollback``).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str,
+        public_key: bytes | str | Path | Ed25519PublicKey,
+        family: str,
+        device_dir: str | Path,
+        deadline_s: float = 30.0,
+        retries: int = 6,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+        allow_rollback: bool = False,
+        on_chunk: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Prepares a client; nothing is sent until `sync`.
+
+        Args:
+            target: the server, ``HOST:PORT``.
+            token: this device's bearer token (``pocketrec token issue``).
+            public_key: the publisher's Ed25519 public key (hex, raw, PEM or a file).
+            family: the model family to follow.
+            device_dir: where the bundle and the sync state live (created if needed).
+            deadline_s: deadline of each call, a whole stream included.
+            retries: further tries of a call that failed in a way a retry can cure.
+            backoff_s, max_backoff_s: the first wait between tries and its cap; each wait
+                doubles, with random jitter of up to half of it.
+            allow_rollback: accept signed versions older than those held (an explicit
+                roll back by the app).
+            on_chunk: called with (index, count) after each item chunk is applied.
+
+        Raises:
+            ValueError: for a bad family, key, token or setting.
+        """
+        if not isinstance(token, str) or not token:
+            raise ValueError("token must be the non-empty str `pocketrec token issue` printed")
+        if not deadline_s > 0 or retries < 0 or not backoff_s > 0:
+            raise ValueError(
+                f"deadline_s and backoff_s must be > 0 and retries >= 0, got {deadline_s}, "
+                f"{backoff_s} and {retries}"
+            )
+        self._family = check_family(family)
+        self._public_key = load_public_key(public_key)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._dir = Path(device_dir)
+        self._deadline_s = float(deadline_s)
+        self._retries = int(retries)
+        self._backoff_s = float(backoff_s)
+        self._max_backoff_s = float(max_backoff_s)
+        self._allow_rollback = allow_rollback
+        self._on_chunk = on_chunk
+        self._channel = grpc.insecure_channel(target)
+        self._stub = sync_pb2_grpc.CatalogSyncStub(self._channel)
+
+    @property
+    def bundle_path(self) -> Path:
+        """The device's bundle (which `Recommender.open` takes)."""
+        return self._dir / BUNDLE_DIR
+
+    def versions(self) -> tuple[int, int] | None:
+        """``(model_version, catalog_version)`` of the bundle in use, or None before any sync."""
+        held = self._held()
+        return None if held is None else (held.model_version, held.catalog_version)
+
+    def sync(self, recommender: Recommender | None = None) -> SyncResult:
+        """Brings the device's bundle up to the server's latest signed versions.
+
+        Args:
+            recommender: also swapped to the new bundle, atomically for its callers.
+
+        Returns:
+            What changed.
+
+        Raises:
+            SyncError: naming what failed (the server, a signature, a digest, the golden
+                self-check, a rollback); the bundle in use is unchanged.
+        """
+        started = time.perf_counter()
+        try:
+            return self._sync(recommender, started)
+        except (SignatureError, BundleError) as exc:
+            raise SyncError(f"sync of {self._family!r} refused: {exc}") from exc
+        except grpc.RpcError as exc:
+            raise SyncError(_describe(exc)) from exc
+
+    def close(self) -> None:
+        """Closes the channel; safe to call twice."""
+        self._channel.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def _sync(self, recommender: Recommender | None, started: float) -> SyncResult:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        held = self._held()
+        response = self._retrying(
+            lambda: self._stub.GetManifest(
+                sync_pb2.GetManifestRequest(family=self._family),
+                timeout=self._deadline_s,
+                metadata=self._metadata,
+            )
+        )
+        model_record = SignedRecord.from_proto(response.model_record)
+        model_doc = self._verified(model_record, MODEL_KIND, response.model_version)
+        catalog_doc = self._verified(
+            SignedRecord.from_proto(response.catalog_record),
+            CATALOG_KIND,
+            response.catalog_version,
+        )
+        if catalog_doc["model_version"] != model_doc["model_version"] or (
+            catalog_doc["model_sha256"] != model_doc["model_sha256"]
+        ):
+            raise SignatureError(
+                f"catalog version {catalog_doc['catalog_version']} belongs to model version "
+                f"{catalog_doc['model_version']}, not to the model version "
+                f"{model_doc['model_version']} the server names"
+            )
+        self._check_forward(held, model_doc["model_version"], catalog_doc["catalog_version"])
+        if held is not None and (held.model_version, held.catalog_version) == (
+            model_doc["model_version"],
+            catalog_doc["catalog_version"],
+        ):
+            return self._result(held, False, None, 0, 0, 0, 0, (), started)
+
+        same_model = held is not None and held.bundle.model_sha256 == model_doc["model_sha256"]
+        if same_model:
+            assert held is not None
+            model, model_bytes = held.bundle.model, 0
+        else:
+            model = self._download_model(model_doc)
+            model_bytes = len(model)
+        since = held.catalog_version if same_model and held is not None else 0
+        base = Rows.of_bundle(held.bundle) if same_model and held is not None else None
+        stream = self._stream_items(model_doc["model_version"], since, catalog_doc, base)
+        final_record, rows, snapshot, counts = stream
+        final_doc = self._verified(final_record, CATALOG_KIND, catalog_doc["catalog_version"])
+        bundle = bundle_of(final_doc, model, rows)
+        path = self._install(bundle, model_record, final_record, final_doc)
+        if recommender is not None:
+            recommender.swap(bundle, verify=False)  # checked above on this CPU
+        installed = _Held(bundle, final_doc["model_version"], final_doc["catalog_version"])
+        LOGGER.info(
+            "sync %s: model %d, catalog %d (%s, %d rows, %d deleted)",
+            self._family,
+            installed.model_version,
+            installed.catalog_version,
+            "snapshot" if snapshot else "delta",
+            counts["rows"],
+            counts["deleted"],
+        )
+        return self._result(
+            installed,
+            True,
+            snapshot,
+            counts["rows"],
+            counts["deleted"],
+            model_bytes,
+            counts["batch_bytes"],
+            tuple(counts["resumed_from"]),
+            started,
+            path,
+        )
+
+    def _download_model(self, model_doc: dict[str, Any]) -> bytes:
+        """The model the record names, resumed from a partial download; sha256 checked."""
+        digest = str(model_doc["model_sha256"])
+        size = int(model_doc["model_size_bytes"])
+        downloads = self._dir / DOWNLOADS_DIR
+        downloads.mkdir(exist_ok=True)
+        part = downloads / f"{digest}.part"
+        tries = 0
+        while True:
+            have = part.stat().st_size if part.exists() else 0
+            if have > size:
+                part.unlink()  # longer than the model: not ours to resume
+                have = 0
+            if have == size:
+                break
+            request = sync_pb2.DownloadModelRequest(
+                family=self._family, model_sha256=bytes.fromhex(digest), offset_bytes=have
+            )
+            try:
+                with part.open("ab") as out:
+                    for chunk in self._stub.DownloadModel(
+                        request, timeout=self._deadline_s, metadata=self._metadata
+                    ):
+                        if chunk.offset_bytes != out.tell() or chunk.size_bytes != size:
+                            raise SyncError(
+                                f"model chunk at offset {chunk.offset_bytes} of "
+                                f"{chunk.size_bytes} bytes does not continue the "
+                                f"{out.tell()} of {size} held"
+                            )
+                        out.write(chunk.data)
+                        out.flush()
+            except grpc.RpcError as exc:
+                tries = self._after_failure(exc, tries, "DownloadModel")
+        data = part.read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            part.unlink()
+            raise SignatureError(
+                f"the downloaded model's sha256 is not the {digest} its signed record names; "
+                "it was discarded"
+            )
+        return data
+
+    def _stream_items(
+        self,
+        model_version: int,
+        since: int,
+        catalog_doc: dict[str, Any],
+        base: Rows | None,
+    ) -> tuple[SignedRecord, Rows, bool, dict[str, Any]]:
+        """Receives every chunk of the item stream, resuming after failures."""
+        target = int(catalog_doc["catalog_version"])
+        manifest_table = catalog_doc["manifest"]["table"]
+        dtype, (_, dim) = manifest_table["dtype"], manifest_table["shape"]
+        scale_dtype = catalog_doc["scale_dtype"]
+        upserts: list[Rows] = []
+        deleted: list[str] = []
+        counts: dict[str, Any] = {"rows": 0, "deleted": 0, "batch_bytes": 0, "resumed_from": []}
+        next_index, count, snapshot, record = 0, None, None, None
+        tries = attempts = 0
+        while count is None or next_index < count:
+            if attempts:
+                counts["resumed_from"].append(next_index)
+            attempts += 1
+            request = sync_pb2.SyncItemsRequest(
+                family=self._family,
+                model_version=model_version,
+                since_catalog_version=since,
+                target_catalog_version=target,
+                resume_from_chunk=next_index,
+            )
+            stream = self._stub.SyncItems(
+                request, timeout=self._deadline_s, metadata=self._metadata
+            )
+            try:
+                for chunk in stream:
+                    counts["batch_bytes"] += len(chunk.batch)
+                    if chunk.index != next_index or chunk.target_catalog_version != target:
+                        raise SyncError(
+                            f"the server sent chunk {chunk.index} of catalog version "
+                            f"{chunk.target_catalog_version}; expected chunk {next_index} of "
+                            f"version {target}"
+                        )
+                    if hashlib.sha256(chunk.batch).digest() != chunk.batch_sha256:
+                        LOGGER.warning("item chunk %d is damaged; fetching it again", chunk.index)
+                        stream.cancel()
+                        tries = self._after_damage(tries, chunk.index)
+                        break
+                    snapshot, count = chunk.snapshot, chunk.chunk_count
+                    rows, gone = decode_batch(
+                        chunk.batch, dtype=dtype, dim=dim, scale_dtype=scale_dtype
+                    )
+                    upserts.append(rows)
+                    deleted.extend(gone)
+                    next_index += 1
+                    if chunk.HasField("catalog_record"):
+                        record = SignedRecord.from_proto(chunk.catalog_record)
+                    if self._on_chunk is not None:
+                        self._on_chunk(chunk.index, chunk.chunk_count)
+                else:
+                    if count is None or next_index < count:
+                        tries = self._after_damage(tries, next_index)  # the stream ended early
+            except grpc.RpcError as exc:
+                tries = self._after_failure(exc, tries, "SyncItems")
+        if record is None or snapshot is None:
+            raise SyncError(f"the item stream of catalog version {target} ended unsigned")
+        columns = (dim + 1) // 2 if dtype == "int4" else dim
+        empty = Rows.empty(dtype, dim, columns, scale_dtype)
+        if snapshot or base is None:
+            base = empty
+        received = empty.concatenated(upserts)
+        counts["rows"], counts["deleted"] = len(received), len(deleted)
+        return record, base.applied(received, deleted), snapshot, counts
+
+    def _install(
+        self,
+        bundle: Bundle,
+        model_record: SignedRecord,
+        catalog_record: SignedRecord,
+        catalog_doc: dict[str, Any],
+    ) -> Path:
+        """Records the signed versions, then swaps the bundle in (each step atomic)."""
+        state = {
+            "family": self._family,
+            "model_version": catalog_doc["model_version"],
+            "catalog_version": catalog_doc["catalog_version"],
+            "model_record": model_record.to_json(),
+            "catalog_record": catalog_record.to_json(),
+        }
+        # The state goes first: a kill before the swap leaves a high-water mark ahead of
+        # the bundle in use, which only refuses older versions, as it should.
+        _write_atomically(self._dir / STATE_FILE, json.dumps(state, indent=2).encode())
+        path = bundle.save(self.bundle_path)
+        for stale in (self._dir / DOWNLOADS_DIR).glob("*.part"):
+            stale.unlink(missing_ok=True)
+        return path
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _verified(self, record: SignedRecord, kind: str, version: int) -> dict[str, Any]:
+        document = record.verified(self._public_key, kind)
+        key = "model_version" if kind == MODEL_KIND else "catalog_version"
+        if document.get("family") != self._family or document.get(key) != version:
+            raise SignatureError(
+                f"the signed {kind} record is for family {document.get('family')!r} version "
+                f"{document.get(key)!r}; expected {self._family!r} version {version}"
+            )
+        return document
+
+    def _check_forward(self, held: _Held | None, model_version: int, catalog_version: int) -> None:
+        high_model, high_catalog = self._high_water()
+        if held is not None:
+            high_model = max(high_model, held.model_version)
+            high_catalog = max(high_catalog, held.catalog_version)
+        if self._allow_rollback or (
+            model_version >= high_model and catalog_version >= high_catalog
+        ):
+            return
+        raise SignatureError(
+            f"the server offers model {model_version}, catalog {catalog_version}, older than "
+            f"model {high_model}, catalog {high_catalog} held: a replay or rollback; refused "
+            "(pass allow_rollback=True to roll back on purpose)"
+        )
+
+    def _held(self) -> _Held | None:
+        if not (self.bundle_path / "manifest.json").is_file():
+            return None
+        try:
+            sync = read_manifest(self.bundle_path)["extra"].get("sync", {})
+            bundle = Bundle.open(self.bundle_path, verify=True)
+        except BundleError as exc:
+            raise SyncError(
+                f"the bundle in use at {self.bundle_path} does not verify ({exc}); remove it "
+                "to sync from scratch"
+            ) from exc
+        if sync.get("family") != self._family:
+            raise SyncError(
+                f"{self.bundle_path} holds family {sync.get('family')!r}, not {self._family!r}"
+            )
+        return _Held(bundle, int(sync["model_version"]), int(sync["catalog_version"]))
+
+    def _high_water(self) -> tuple[int, int]:
+        path = self._dir / STATE_FILE
+        if not path.is_file():
+            return (0, 0)
+        state = json.loads(path.read_text(encoding="utf-8"))
+        return (int(state["model_version"]), int(state["catalog_version"]))
+
+    # -- retries ------------------------------------------------------------------------------
+
+    def _retrying(self, call: Callable[[], Any]) -> Any:
+        tries = 0
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                tries = self._after_failure(exc, tries, "GetManifest")
+
+    def _after_failure(self, exc: grpc.RpcError, tries: int, method: str) -> int:
+        """Waits before the next try of a retriable failure; raises otherwise."""
+        code = exc.code() if hasattr(exc, "code") else None
+        if code not in _RETRIABLE or tries >= self._retries:
+            raise exc
+        delay = min(self._max_backoff_s, self._backoff_s * 2**tries)
+        delay += random.uniform(0, delay / 2)
+        LOGGER.info("%s failed (%s); retrying in %.2f s", method, _describe(exc), delay)
+        time.sleep(delay)
+        return tries + 1
+
+    def _after_damage(self, tries: int, index: int) -> int:
+        if tries >= self._retries:
+            raise SyncError(f"item chunk {index} arrived damaged {tries + 1} times; giving up")
+        time.sleep(min(self._max_backoff_s, self._backoff_s * 2**tries))
+        return tries + 1
+
+    def _result(
+        self,
+        held: _Held,
+        changed: bool,
+        snapshot: bool | None,
+        rows: int,
+        deleted: int,
+        model_bytes: int,
+        batch_bytes: int,
+        resumed_from: tuple[int, ...],
+        started: float,
+        path: Path | None = None,
+    ) -> SyncResult:
+        return SyncResult(
+            model_version=held.model_version,
+            catalog_version=held.catalog_version,
+            changed=changed,
+            snapshot=snapshot,
+            rows=rows,
+            deleted=deleted,
+            model_bytes=model_bytes,
+            batch_bytes=batch_bytes,
+            resumed_from=resumed_from,
+            seconds=time.perf_counter() - started,
+            bundle=path if path is not None else self.bundle_path,
+        )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else "ERROR"
+    return f"the sync server answered {name}: {details}"
