@@ -205,7 +205,7 @@ class Bundle:
             raise BundleError(
                 f"the manifest's table entry {document['table']!r} is not the table's {entry!r}"
             )
-        files[ITEMS_FILE] = _json_bytes({"items": [dict(item) for item in items]})
+        files[ITEMS_FILE] = _items_bytes([dict(item) for item in items])
         files[document["model"]["file"]] = bytes(model)
         files[MANIFEST_FILE] = manifest_bytes
         return cls.from_files(files, verify=verify, source="<parts>")
@@ -357,7 +357,7 @@ class Bundle:
         """Every file of the bundle, ``manifest.json`` included: ``{file name: bytes}``."""
         _, contents = self._table.to_files()
         contents[self._manifest["model"]["file"]] = self._model
-        contents[ITEMS_FILE] = _json_bytes({"items": self._items})
+        contents[ITEMS_FILE] = _items_bytes(self._items)
         contents[MANIFEST_FILE] = _json_bytes(self._manifest)
         return contents
 
@@ -517,7 +517,7 @@ class Bundle:
         """Fills the manifest's table entry and checksums from the files' contents."""
         entry, contents = table.to_files()
         contents[MODEL_FILE] = model
-        contents[ITEMS_FILE] = _json_bytes({"items": items})
+        contents[ITEMS_FILE] = _items_bytes(items)
         manifest["table"] = entry
         manifest["files"] = {
             name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())
@@ -830,6 +830,12 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"metrics and extra must be finite numbers, got {value}")
     return value
+
+
+def _items_bytes(items: Sequence[dict[str, Any]]) -> bytes:
+    """``items.json``: compact, as catalogs of a million items are written and hashed often."""
+    document = {"items": list(items)}
+    return (json.dumps(document, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
 
 def _json_bytes(document: Any) -> bytes:

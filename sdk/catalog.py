@@ -405,15 +405,13 @@ def decode_batch(
                 f"{scale_dtype} scales"
             )
         scales = np.frombuffer(batch.scales, dtype=wanted).astype(scale_dtype)
-    metadata = []
-    for item_id, text in zip(batch.item_ids, batch.metadata_json, strict=True):
-        try:
-            meta = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"metadata of item {item_id!r} is not JSON: {exc}") from exc
-        if not isinstance(meta, dict) or "id" in meta:
-            raise BundleError(f"metadata of item {item_id!r} must be an object without 'id'")
-        metadata.append(meta)
+    # One parse for the whole batch: a JSON array of the entries.
+    try:
+        metadata = json.loads("[" + ",".join(batch.metadata_json) + "]") if count else []
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"an item batch's metadata is not JSON objects: {exc}") from exc
+    if len(metadata) != count or not all(isinstance(m, dict) and "id" not in m for m in metadata):
+        raise BundleError("an item batch's metadata must be one JSON object without 'id' per item")
     native = values.astype(values.dtype.newbyteorder("="))  # the table's in-memory form
     rows = Rows(tuple(batch.item_ids), tuple(metadata), native, scales, dtype, dim)
     return rows, list(batch.deleted_ids)

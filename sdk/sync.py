@@ -168,6 +168,8 @@ class SyncClient:
         self._on_chunk = on_chunk
         self._channel = grpc.insecure_channel(target)
         self._stub = sync_pb2_grpc.CatalogSyncStub(self._channel)
+        # The bundle this client installed last, by its version directory: not re-read.
+        self._installed: tuple[Path, _Held] | None = None
 
     @property
     def bundle_path(self) -> Path:
@@ -266,6 +268,7 @@ class SyncClient:
         if recommender is not None:
             recommender.swap(bundle, verify=False)  # checked above on this CPU
         installed = _Held(bundle, final_doc["model_version"], final_doc["catalog_version"])
+        self._installed = (path.resolve(), installed)
         LOGGER.info(
             "sync %s: model %d, catalog %d (%s, %d rows, %d deleted)",
             self._family,
@@ -454,6 +457,8 @@ class SyncClient:
     def _held(self) -> _Held | None:
         if not (self.bundle_path / "manifest.json").is_file():
             return None
+        if self._installed is not None and self._installed[0] == self.bundle_path.resolve():
+            return self._installed[1]
         try:
             sync = read_manifest(self.bundle_path)["extra"].get("sync", {})
             bundle = Bundle.open(self.bundle_path, verify=True)
