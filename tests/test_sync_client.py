@@ -1,0 +1,386 @@
+"""The device side of the sync against a real server on 127.0.0.1, real SQLite, real LiteRT."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _sdk_fixtures import (
+    NUM_ITEMS,
+    item_ids,
+    item_vectors,
+    items_metadata,
+    run_in_threads,
+    write_tiny_bundle,
+)
+
+from pocketrec.sdk import Bundle, ItemTable, Recommender
+from pocketrec.sdk.catalog import Rows, generate_key, public_key_hex
+from pocketrec.sdk.sync import SyncClient, SyncError
+from pocketrec.server.publish import issue_token, publish
+from pocketrec.server.service import serve
+from pocketrec.server.store import SQLiteStore
+
+FAMILY = "movies"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class World:
+    """A store with a publisher key, a device token and a server running on it."""
+
+    root: Path
+    store: SQLiteStore
+    key: object
+    token: str
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def publish(self, bundle: Path | Bundle) -> object:
+        source = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        return publish(self.store, source, FAMILY, self.key)
+
+    def client(self, device: str = "device", **options: object) -> SyncClient:
+        return SyncClient(
+            self.target,
+            token=self.token,
+            public_key=public_key_hex(self.key),
+            family=FAMILY,
+            device_dir=self.root / device,
+            deadline_s=10,
+            backoff_s=0.05,
+            **options,
+        )
+
+
+@pytest.fixture
+def world(tmp_path) -> Iterator[World]:
+    store = SQLiteStore(tmp_path / "server.db")
+    key = generate_key()
+    token = issue_token(store, FAMILY, "device-1")
+    with serve(store, port=0, chunk_bytes=2048) as server:
+        yield World(tmp_path, store, key, token, server.port)
+
+
+def _catalog(tmp_path: Path, name: str, *, dtype: str = "int8", seed: int = 0, **changes) -> Path:
+    return write_tiny_bundle(
+        tmp_path / name,
+        dtype=dtype,
+        table=ItemTable.quantize(item_vectors(seed=seed), dtype),
+        **changes,
+    )
+
+
+def _changed_catalog(tmp_path: Path) -> Bundle:
+    """The first catalog with 3 rows changed, 2 deleted and 1 added."""
+    vectors = item_vectors()
+    ids, meta = item_ids(), items_metadata()
+    vectors[[1, 2, 3]] = item_vectors(3, seed=7)
+    keep = [i for i in range(NUM_ITEMS) if i not in (5, 7)]
+    vectors = np.concatenate([vectors[keep], item_vectors(1, seed=8)])
+    ids = [ids[i] for i in keep] + ["m-new"]
+    meta = [meta[i] for i in keep] + [{"title": "New Movie", "genres": ["Drama"]}]
+    table = ItemTable.quantize(vectors, "int8")
+    return Bundle.open(_catalog(tmp_path, "v1")).with_items(table, ids, meta)
+
+
+def _rows(path: Path) -> Rows:
+    return Rows.of_bundle(Bundle.open(path))
+
+
+def _assert_same_rows(a: Rows, b: Rows) -> None:
+    assert a.item_ids == b.item_ids
+    assert a.metadata == b.metadata
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.scales, b.scales)
+
+
+def test_a_full_sync_installs_the_published_catalog_byte_for_byte(world, tmp_path) -> None:
+    world.publish(_catalog(tmp_path, "v1"))
+    with world.client() as client:
+        result = client.sync()
+        assert result.changed and result.snapshot and result.rows == NUM_ITEMS
+        assert (result.model_version, result.catalog_version) == (1, 1)
+        installed = Bundle.open(client.bundle_path)
+    _assert_same_rows(Rows.of_bundle(installed), _rows(tmp_path / "v1"))
+    served = world.store.catalog_rows(FAMILY, 1)
+    assert (
+        installed.files()["item_table.values.npy"]
+        == served.table().to_files()[1]["item_table.values.npy"]
+    )
+    with world.client() as again:
+        assert not again.sync().changed
+
+
+def test_a_delta_brings_only_the_changed_rows_and_ends_identical(world, tmp_path) -> None:
+    world.publish(_catalog(tmp_path, "v1"))
+    with world.client() as client:
+        client.sync()
+        world.publish(_changed_catalog(tmp_path))
+        result = client.sync()
+        assert (result.snapshot, result.rows, result.deleted) == (False, 4, 2)
+        assert result.model_bytes == 0
+        assert result.catalog_version == 2
+        installed = Bundle.open(client.bundle_path)
+    _assert_same_rows(Rows.of_bundle(installed), Rows.of_bundle(_changed_catalog(tmp_path)))
+
+
+def test_a_new_model_comes_with_its_full_table(world, tmp_path) -> None:
+    world.publish(_catalog(tmp_path, "v1"))
+    with world.client() as client:
+        client.sync()
+        other = write_tiny_bundle(tmp_path / "other", dtype="float16", model=_other_model())
+        world.publish(other)
+        result = client.sync()
+    assert result.snapshot and result.model_bytes > 0 and result.model_version == 2
+    _assert_same_rows(_rows(client.bundle_path), _rows(other))
+
+
+def test_a_recommender_swaps_during_sync_and_never_sees_a_mix(world, tmp_path) -> None:
+    world.publish(_catalog(tmp_path, "v1"))
+    with world.client() as client:
+        client.sync()
+        with Recommender.open(client.bundle_path) as recommender:
+            history = ["m1", "m2", "m3"]
+            before = recommender.recommend(history, k=5)
+            world.publish(_changed_catalog(tmp_path))
+            after_bundle = _changed_catalog(tmp_path)
+            with Recommender.open(after_bundle) as reference:
+                after = reference.recommend(history, k=5)
+            seen: list[object] = []
+            done = threading.Event()
+
+            def work(t: int) -> None:
+                if t == 0:
+                    client.sync(recommender)
+                    done.set()
+                    return
+                while not done.is_set():
+                    seen.append(recommender.recommend(history, k=5).item_ids)
+
+            assert run_in_threads(work, 3) == []
+            assert {tuple(s) for s in seen} <= {tuple(before.item_ids), tuple(after.item_ids)}
+            assert recommender.recommend(history, k=5).item_ids == after.item_ids
+
+
+def test_a_damaged_chunk_is_detected_and_fetched_again(tmp_path) -> None:
+    from pocketrec.server.service import CatalogSyncServicer
+
+    store = SQLiteStore(tmp_path / "server.db")
+    key = generate_key()
+    token = issue_token(store, FAMILY, "device-1")
+    publish(store, Bundle.open(_catalog(tmp_path, "v1")), FAMILY, key)
+    damaged: list[int] = []
+
+    class Damaging(CatalogSyncServicer):
+        def SyncItems(self, request, context):
+            for chunk in super().SyncItems(request, context):
+                if chunk.index == 1 and not damaged:
+                    damaged.append(chunk.index)
+                    chunk.batch = chunk.batch[:-1] + bytes([chunk.batch[-1] ^ 0xFF])
+                yield chunk
+
+    with serve(store, port=0, chunk_bytes=2048, servicer=Damaging) as server:
+        client = SyncClient(
+            f"127.0.0.1:{server.port}",
+            token=token,
+            public_key=public_key_hex(key),
+            family=FAMILY,
+            device_dir=tmp_path / "device",
+            backoff_s=0.01,
+        )
+        with client:
+            result = client.sync()
+    assert damaged == [1] and result.resumed_from == (1,)
+    _assert_same_rows(_rows(client.bundle_path), _rows(tmp_path / "v1"))
+
+
+def test_the_server_killed_mid_stream_is_resumed_from_the_last_chunk(tmp_path) -> None:
+    db = tmp_path / "server.db"
+    store = SQLiteStore(db)
+    key = generate_key()
+    token = issue_token(store, FAMILY, "device-1")
+    publish(store, Bundle.open(_catalog(tmp_path, "v1")), FAMILY, key)
+    port = _free_port()
+    server = _server_process(db, port)
+    restarted: list[subprocess.Popen] = []
+
+    def kill_after_first(index: int, count: int) -> None:
+        if index == 0 and not restarted:
+            assert count > 2
+            server.send_signal(signal.SIGKILL)
+            server.wait()
+            restarted.append(_server_process(db, port))
+
+    try:
+        with SyncClient(
+            f"127.0.0.1:{port}",
+            token=token,
+            public_key=public_key_hex(key),
+            family=FAMILY,
+            device_dir=tmp_path / "device",
+            backoff_s=0.2,
+            retries=8,
+            on_chunk=kill_after_first,
+        ) as client:
+            result = client.sync()
+    finally:
+        for process in [server, *restarted]:
+            process.kill()
+            process.wait()
+    assert result.resumed_from and result.resumed_from[0] == 1
+    _assert_same_rows(_rows(client.bundle_path), _rows(tmp_path / "v1"))
+
+
+@pytest.mark.parametrize("tamper", ["unsigned", "wrongly signed", "changed after signing"])
+def test_a_bad_signature_is_refused_and_the_old_version_kept(world, tmp_path, tamper) -> None:
+    world.publish(_catalog(tmp_path, "v1"))
+    with world.client() as client:
+        client.sync()
+        world.publish(_changed_catalog(tmp_path))
+        _tamper_latest_catalog(world.root / "server.db", tamper)
+        with pytest.raises(SyncError, match="refused"):
+            client.sync()
+        assert client.versions() == (1, 1)
+    _assert_same_rows(_rows(client.bundle_path), _rows(tmp_path / "v1"))
+
+
+def test_an_older_signed_version_is_a_rollback_and_refused(world, tmp_path) -> None:
+    world.publish(_catalog(tmp_path, "v1"))
+    old_server = tmp_path / "old.db"
+    shutil.copy(world.root / "server.db", old_server)
+    world.publish(_changed_catalog(tmp_path))
+    with world.client() as client:
+        assert client.sync().catalog_version == 2
+    replay = SQLiteStore(old_server)
+    with serve(replay, port=0) as server:
+        options = {"token": world.token, "public_key": public_key_hex(world.key)}
+        replayed = SyncClient(
+            f"127.0.0.1:{server.port}", family=FAMILY, device_dir=world.root / "device", **options
+        )
+        with replayed, pytest.raises(SyncError, match="rollback"):
+            replayed.sync()
+        rolled = SyncClient(
+            f"127.0.0.1:{server.port}",
+            family=FAMILY,
+            device_dir=world.root / "device",
+            allow_rollback=True,
+            **options,
+        )
+        with rolled:
+            assert rolled.sync().catalog_version == 1
+
+
+def test_a_wrong_token_is_reported_and_nothing_changes(world, tmp_path) -> None:
+    world.publish(_catalog(tmp_path, "v1"))
+    client = SyncClient(
+        world.target,
+        token="not-a-token",
+        public_key=public_key_hex(world.key),
+        family=FAMILY,
+        device_dir=tmp_path / "device",
+    )
+    with client, pytest.raises(SyncError, match="UNAUTHENTICATED"):
+        client.sync()
+    assert not client.bundle_path.exists()
+
+
+def test_kill_9_of_the_device_mid_sync_leaves_a_valid_bundle_in_use(world, tmp_path) -> None:
+    world.publish(_catalog(tmp_path, "v1"))
+    with world.client() as client:
+        client.sync()
+    world.publish(_changed_catalog(tmp_path))
+    script = (
+        "import os, signal, sys\n"
+        "from pocketrec.sdk.sync import SyncClient\n"
+        "def die(index, count):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"client = SyncClient({world.target!r}, token={world.token!r}, "
+        f"public_key={public_key_hex(world.key)!r}, family={FAMILY!r}, "
+        f"device_dir={str(world.root / 'device')!r}, on_chunk=die)\n"
+        "client.sync()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    assert Bundle.open(world.root / "device" / "bundle").item_ids == tuple(sorted(item_ids()))
+    with world.client() as client:
+        assert client.sync().catalog_version == 2
+
+
+def _tamper_latest_catalog(db: Path, how: str) -> None:
+    with sqlite3.connect(db) as connection:
+        table, column, signature = _catalog_record_columns(connection)
+        latest = connection.execute(f"SELECT MAX(catalog_version) FROM {table}").fetchone()[0]
+        record, sig = connection.execute(
+            f"SELECT {column}, {signature} FROM {table} WHERE catalog_version = ?", (latest,)
+        ).fetchone()
+        if how == "unsigned":
+            sig = b""
+        elif how == "wrongly signed":
+            sig = generate_key().sign(bytes(record))
+        else:
+            document = json.loads(bytes(record))
+            document["item_count"] += 0
+            document["published_at"] = "2000-01-01T00:00:00+00:00"
+            record = json.dumps(document).encode()
+        connection.execute(
+            f"UPDATE {table} SET {column} = ?, {signature} = ? WHERE catalog_version = ?",
+            (record, sig, latest),
+        )
+
+
+def _catalog_record_columns(connection: sqlite3.Connection) -> tuple[str, str, str]:
+    raise NotImplementedError("set after the server lands")
+
+
+def _other_model() -> bytes:
+    from _sdk_fixtures import fixed_batch_tower
+
+    return fixed_batch_tower()[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_process(db: Path, port: int) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pocketrec.cli",
+            "serve",
+            "--store",
+            str(db),
+            "--port",
+            str(port),
+            "--chunk-bytes",
+            "2048",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()
+    assert "serving on" in line, line
+    time.sleep(0.05)
+    return process
