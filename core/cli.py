@@ -17,10 +17,13 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import os
 import re
+import signal
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +53,10 @@ _TFMOT = (
     ("tree", "dm-tree", "compression"),
 )
 _MATPLOTLIB = (("matplotlib", "matplotlib", "bench"),)
+_SERVER = (
+    ("grpc_health", "grpc health checking", "server"),
+    ("grpc_reflection", "grpc reflection", "server"),
+)
 
 # ESC sequences (CSI, OSC, two-byte), then every remaining C0/C1 control and DEL.
 _ESCAPE_SEQUENCE = re.compile(
@@ -80,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         _register_compress,
         _register_recommend,
         _register_bench,
+        _register_keys,
+        _register_publish,
+        _register_token,
+        _register_serve,
     ):
         register(subparsers)
     return parser
@@ -622,6 +633,169 @@ def _bench(args: argparse.Namespace) -> int:
     )
     print(results_markdown(results))
     print(f"wrote {out / 'results.json'}, results.md, pareto.png")
+    return 0
+
+
+# -- sync: keys, publish, tokens, serve -----------------------------------------------------
+
+PRIVATE_KEY_FILE = "publisher.key"
+PUBLIC_KEY_FILE = "publisher.pub"
+
+
+def _register_keys(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "keys",
+        _keys,
+        help="make the publisher's Ed25519 key pair that signs every synced version",
+        description=(
+            "`keys generate --out DIR` writes DIR/publisher.key (PEM, readable by you only: "
+            "keep it off devices and servers that need not publish) and DIR/publisher.pub "
+            "(the public key in hex, what devices are given), and prints the public key."
+        ),
+    )
+    parser.add_argument("action", choices=("generate",))
+    parser.add_argument("--out", required=True, metavar="DIR", help="where the key pair goes")
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from pocketrec.sdk.catalog import generate_key, private_key_pem, public_key_hex
+
+    out = writable_dir(args.out)
+    private, public = out / PRIVATE_KEY_FILE, out / PUBLIC_KEY_FILE
+    for path in (private, public):
+        if path.exists():
+            raise CommandError(
+                f"{path} exists; refusing to replace a publisher key (devices trust it). "
+                "Pick another --out"
+            )
+    key = generate_key()
+    descriptor = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(private_key_pem(key))
+    public.write_text(public_key_hex(key) + "\n", encoding="utf-8")
+    print(f"wrote {private} and {public}; public key: {public_key_hex(key)}")
+    return 0
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, metavar="DB", help="the sync store (SQLite)")
+    parser.add_argument("--family", required=True, metavar="F", help="model family, e.g. movies")
+
+
+def _register_publish(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "publish",
+        _publish,
+        help="publish a bundle, or item vectors, as the next signed sync version",
+        description=(
+            "Publishes BUNDLE into the sync store: a new model version with its whole table "
+            "when the model or table form is new, else a new catalog version holding only "
+            'the changed rows. With --items (JSON Lines of {"id", "vector", metadata}, '
+            "as `pocketrec embed-items` writes) and --delete, updates the latest catalog "
+            "instead. Every version is signed with --key."
+        ),
+    )
+    parser.add_argument("bundle", nargs="?", metavar="BUNDLE", help="bundle directory")
+    _add_store_arguments(parser)
+    parser.add_argument("--key", required=True, metavar="KEYFILE", help="publisher.key (PEM)")
+    parser.add_argument("--items", metavar="FILE", help="item vectors to add or replace")
+    parser.add_argument("--delete", nargs="+", default=[], metavar="ID", help="ids to remove")
+
+
+def _publish(args: argparse.Namespace) -> int:
+    require_extras("publish", _SERVER)
+    if (args.bundle is None) == (args.items is None and not args.delete):
+        raise CommandError("pass either BUNDLE or --items FILE and/or --delete ID ...")
+    from pocketrec.sdk import Bundle
+    from pocketrec.sdk.catalog import load_private_key
+    from pocketrec.server import SQLiteStore, publish, publish_items, read_items_file
+
+    key = load_private_key(Path(args.key))
+    items = read_items_file(args.items) if args.items is not None else []
+    bundle = Bundle.open(args.bundle) if args.bundle is not None else None
+    with SQLiteStore(args.store) as store:
+        if bundle is not None:
+            result = publish(store, bundle, args.family, key)
+        else:
+            result = publish_items(store, args.family, items, key, delete=args.delete)
+    print(result.summary())
+    return 0
+
+
+def _register_token(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "token",
+        _token,
+        help="issue or revoke a device's bearer token for the sync server",
+        description=(
+            "`token issue` prints a new token for --device once (the store keeps only its "
+            "sha256); `token revoke` revokes every token of --device."
+        ),
+    )
+    parser.add_argument("action", choices=("issue", "revoke"))
+    _add_store_arguments(parser)
+    parser.add_argument("--device", required=True, metavar="NAME", help="the device's name")
+
+
+def _token(args: argparse.Namespace) -> int:
+    require_extras("token", _SERVER)
+    from pocketrec.server import SQLiteStore, issue_token, revoke_token
+
+    with SQLiteStore(args.store) as store:
+        if args.action == "issue":
+            print(issue_token(store, args.family, args.device))
+        else:
+            count = revoke_token(store, args.family, args.device)
+            print(f"revoked {count} tokens of device {printable(args.device)}")
+    return 0
+
+
+def _register_serve(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "serve",
+        _serve,
+        help="serve the sync store to devices over gRPC (with health and reflection)",
+        description=(
+            "Serves CatalogSync (proto/pocketrec/sync/v1/sync.proto), grpc.health.v1 and "
+            "server reflection from --store until SIGINT or SIGTERM, then drains running "
+            "streams. Plaintext: put TLS in front of it beyond a trusted network."
+        ),
+    )
+    parser.add_argument("--store", required=True, metavar="DB", help="the sync store (SQLite)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=50051, help="port (0: any free one)")
+    parser.add_argument(
+        "--grace", type=float, default=10.0, metavar="S", help="seconds to drain on stop"
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    require_extras("serve", _SERVER)
+    from pocketrec.server import SQLiteStore, serve
+
+    if not Path(args.store).is_file():
+        raise CommandError(
+            f"{args.store} does not exist; publish a bundle into it first (pocketrec publish)"
+        )
+    stop = threading.Event()
+    previous = {
+        number: signal.signal(number, lambda *_: stop.set())
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        with SQLiteStore(args.store) as store:
+            server = serve(store, args.host, args.port)
+            print(f"serving on {server.address}", flush=True)
+            stop.wait()
+            _log.LOGGER.info("stopping: draining running calls for up to %s s", args.grace)
+            server.stop(args.grace)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return 0
 
 
