@@ -61,9 +61,10 @@ class SyncBenchConfig:
 
 def run_sync_benchmark(config: SyncBenchConfig, work_dir: str | Path | None = None) -> dict:
     """Publishes, serves and syncs; returns the figures `pocketrec bench-sync` prints."""
-    from pocketrec.server.publish import issue_token, publish
+    from pocketrec.server.publish import publish
     from pocketrec.server.service import serve
     from pocketrec.server.store import SQLiteStore
+    from pocketrec.server.tokens import issue_token
 
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         root = Path(tmp)

@@ -64,7 +64,10 @@ def configured(verbosity: int = NORMAL) -> Iterator[None]:
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter("%(message)s"))
-    previous_level = LOGGER.level
+    previous_level, previous_propagate = LOGGER.level, LOGGER.propagate
+    # Our handler prints each record once, also after a library (the TFLite converter)
+    # gave the root logger a handler of its own.
+    LOGGER.propagate = False
     LOGGER.addHandler(handler)
     LOGGER.setLevel({QUIET: logging.ERROR, NORMAL: logging.INFO}.get(verbosity, logging.DEBUG))
     if verbosity < VERBOSE:
@@ -74,6 +77,7 @@ def configured(verbosity: int = NORMAL) -> Iterator[None]:
     finally:
         LOGGER.removeHandler(handler)
         LOGGER.setLevel(previous_level)
+        LOGGER.propagate = previous_propagate
 
 
 def quiet_runtimes() -> None:

@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         _register_export,
         _register_compress,
         _register_recommend,
+        _register_sync,
+        _register_embed_items,
         _register_bench,
+        _register_bench_sync,
         _register_keys,
         _register_publish,
         _register_token,
@@ -586,6 +589,133 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_sync(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "sync",
+        _sync,
+        help="bring a device's bundle up to a sync server's signed versions (no TensorFlow)",
+        description=(
+            "Asks the server for the latest signed model and catalog of a family, downloads "
+            "what changed (resumable), checks signatures, digests and the golden self-check, "
+            "and swaps the new bundle into DEVICE_DIR/bundle atomically. Creates DEVICE_DIR "
+            "when it is empty."
+        ),
+    )
+    parser.add_argument("device_dir", metavar="DEVICE_DIR", help="the device's sync directory")
+    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="the sync server")
+    parser.add_argument("--token", required=True, help="this device's token (pocketrec token)")
+    parser.add_argument(
+        "--public-key", required=True, metavar="KEY", help="publisher public key: hex or a file"
+    )
+    parser.add_argument("--family", required=True, help="the model family to follow")
+    parser.add_argument(
+        "--deadline", type=float, default=30.0, metavar="S", help="seconds per call (default 30)"
+    )
+    parser.add_argument(
+        "--allow-rollback", action="store_true", help="accept older signed versions on purpose"
+    )
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from pocketrec.sdk.sync import SyncClient
+
+    with SyncClient(
+        args.server,
+        token=args.token,
+        public_key=args.public_key,
+        family=args.family,
+        device_dir=args.device_dir,
+        deadline_s=args.deadline,
+        allow_rollback=args.allow_rollback,
+    ) as client:
+        result = client.sync()
+    state = "updated to" if result.changed else "already at"
+    print(
+        f"{state} model {result.model_version}, catalog {result.catalog_version}: {result.bundle}"
+    )
+    if result.changed:
+        kind = "snapshot" if result.snapshot else "delta"
+        print(
+            f"  {kind}: {result.rows:,} rows, {result.deleted:,} deleted, "
+            f"{result.batch_bytes + result.model_bytes:,} bytes in {result.seconds:.2f} s"
+        )
+    return 0
+
+
+def _register_embed_items(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "embed-items",
+        _embed_items,
+        help="item vectors of new or changed items for `pocketrec publish --items`",
+        description=(
+            "Runs the item tower of a `pocketrec train` run on the items of ITEMS_FILE (JSON "
+            'Lines: {"id": ..., "genres": [...], <metadata>} per line; absent genres keep '
+            "the trained ones) and writes them with their vectors to --out. The tower adds "
+            "a vector learned per training id, so ids the model never saw cannot be embedded "
+            "yet: they are refused, or skipped with --skip-unknown."
+        ),
+    )
+    parser.add_argument("run", metavar="RUN", help="a `pocketrec train --out` directory")
+    parser.add_argument("items", metavar="ITEMS_FILE", help="JSON Lines of items")
+    parser.add_argument("--out", required=True, metavar="FILE", help="JSON Lines with vectors")
+    parser.add_argument(
+        "--skip-unknown", action="store_true", help="skip ids the model never saw, counted"
+    )
+
+
+def _embed_items(args: argparse.Namespace) -> int:
+    require_extras("embed-items", _TENSORFLOW)
+    out = writable_dir(args.out, parent=True) / Path(args.out).name
+    from pocketrec.sdk.catalog import read_items_jsonl
+    from pocketrec.training import TrainedModel
+    from pocketrec.training.embed import embed_items
+
+    items = read_items_jsonl(args.items)
+    trained = TrainedModel.load(_model_dir(Path(args.run)))
+    embedded = embed_items(trained, items, skip_unknown=args.skip_unknown)
+    embedded.write_jsonl(out)
+    print(f"wrote {len(embedded.item_ids):,} item vectors to {out}")
+    if embedded.unknown_ids:
+        print(f"skipped {len(embedded.unknown_ids):,} ids the model never saw")
+    return 0
+
+
+def _register_bench_sync(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "bench-sync",
+        _bench_sync,
+        help="time and bytes of a full and a delta sync on loopback",
+        description=(
+            "Publishes a synthetic catalog to a real sync server on 127.0.0.1 (real SQLite "
+            "store), syncs a device from nothing, then publishes a copy with --changed of "
+            "the rows changed and syncs the delta. Prints seconds, rows and bytes, vector "
+            "bytes and total bytes each divided by the same rows as float32."
+        ),
+    )
+    parser.add_argument("--items", type=int, default=100_000, help="catalog size (100000)")
+    parser.add_argument("--dim", type=int, default=64, help="vector dimension (64)")
+    parser.add_argument(
+        "--dtype", default="int8", help="table form: float32, float16, int8, int4 (int8)"
+    )
+    parser.add_argument(
+        "--changed", type=float, default=0.01, help="share of rows changed for the delta"
+    )
+    parser.add_argument("--out", metavar="DIR", help="also write sync.json and sync.md here")
+
+
+def _bench_sync(args: argparse.Namespace) -> int:
+    require_extras("bench-sync", _TENSORFLOW, _SERVER)
+    out = writable_dir(args.out) if args.out else None
+    from pocketrec.benchmarks.sync_bench import SyncBenchConfig
+    from pocketrec.benchmarks.sync_bench import main as bench_main
+
+    config = SyncBenchConfig(items=args.items, dim=args.dim, dtype=args.dtype, changed=args.changed)
+    return bench_main(config, out)
+
+
 # -- bench ----------------------------------------------------------------------------
 
 
@@ -709,11 +839,11 @@ def _publish(args: argparse.Namespace) -> int:
     if (args.bundle is None) == (args.items is None and not args.delete):
         raise CommandError("pass either BUNDLE or --items FILE and/or --delete ID ...")
     from pocketrec.sdk import Bundle
-    from pocketrec.sdk.catalog import load_private_key
-    from pocketrec.server import SQLiteStore, publish, publish_items, read_items_file
+    from pocketrec.sdk.catalog import load_private_key, read_items_jsonl
+    from pocketrec.server import SQLiteStore, publish, publish_items
 
     key = load_private_key(Path(args.key))
-    items = read_items_file(args.items) if args.items is not None else []
+    items = read_items_jsonl(args.items, vectors=True) if args.items is not None else []
     bundle = Bundle.open(args.bundle) if args.bundle is not None else None
     with SQLiteStore(args.store) as store:
         if bundle is not None:
@@ -771,6 +901,13 @@ def _register_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--grace", type=float, default=10.0, metavar="S", help="seconds to drain on stop"
     )
+    parser.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most bytes per streamed chunk (default and maximum 1 MiB)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -788,7 +925,8 @@ def _serve(args: argparse.Namespace) -> int:
     }
     try:
         with SQLiteStore(args.store) as store:
-            server = serve(store, args.host, args.port)
+            chunking = {} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}
+            server = serve(store, args.host, args.port, **chunking)
             print(f"serving on {server.address}", flush=True)
             stop.wait()
             _log.LOGGER.info("stopping: draining running calls for up to %s s", args.grace)

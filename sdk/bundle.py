@@ -99,14 +99,20 @@ class Bundle:
         items: Sequence[Mapping[str, Any]],
         *,
         source: str,
+        items_json: bytes | None = None,
     ) -> None:
-        """Wraps parts that were already checked; use the class methods instead."""
+        """Wraps parts that were already checked; use the class methods instead.
+
+        ``items`` is kept, not copied (every factory hands over fresh dicts);
+        ``items_json``, when given, is their ``items.json`` as already serialised.
+        """
         self._manifest = copy.deepcopy(dict(manifest))
         self._model = bytes(model)
         self._table = table
-        self._items = [dict(item) for item in items]
+        self._items = list(items)
         self._item_ids = tuple(item["id"] for item in self._items)
         self._source = source
+        self._items_json = items_json
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -174,7 +180,8 @@ class Bundle:
             raise BundleError(f"{source}: files {unlisted} are not listed in the manifest")
         table = ItemTable.from_files(manifest["table"], files)
         items = _parse_items(files[ITEMS_FILE], where / ITEMS_FILE)
-        bundle = cls._checked(manifest, files[manifest["model"]["file"]], table, items, source)
+        model = files[manifest["model"]["file"]]
+        bundle = cls._checked(manifest, model, table, items, source, files[ITEMS_FILE])
         if verify:
             bundle.verify()
         return bundle
@@ -312,13 +319,27 @@ class Bundle:
         """The same bundle with ``metrics`` in its manifest (e.g. once it was evaluated)."""
         manifest = copy.deepcopy(self._manifest)
         manifest["metrics"] = _jsonable(dict(metrics))
-        return Bundle(manifest, self._model, self._table, self._items, source=self._source)
+        return Bundle(
+            manifest,
+            self._model,
+            self._table,
+            self._items,
+            source=self._source,
+            items_json=self._items_json,
+        )
 
     def with_extra(self, extra: Mapping[str, Any]) -> Bundle:
         """The same bundle with ``extra`` in its manifest (free-form, e.g. sync versions)."""
         manifest = copy.deepcopy(self._manifest)
         manifest["extra"] = _jsonable(dict(extra))
-        return Bundle(manifest, self._model, self._table, self._items, source=self._source)
+        return Bundle(
+            manifest,
+            self._model,
+            self._table,
+            self._items,
+            source=self._source,
+            items_json=self._items_json,
+        )
 
     def with_items(
         self,
@@ -357,9 +378,15 @@ class Bundle:
         """Every file of the bundle, ``manifest.json`` included: ``{file name: bytes}``."""
         _, contents = self._table.to_files()
         contents[self._manifest["model"]["file"]] = self._model
-        contents[ITEMS_FILE] = _items_bytes(self._items)
+        contents[ITEMS_FILE] = self._items_file()
         contents[MANIFEST_FILE] = _json_bytes(self._manifest)
         return contents
+
+    def _items_file(self) -> bytes:
+        # Serialised once: for a large catalog it is the slowest file to write.
+        if self._items_json is None:
+            self._items_json = _items_bytes(self._items)
+        return self._items_json
 
     def to_bytes(self) -> bytes:
         """The bundle as one uncompressed tar archive of its files (`from_bytes` reads it).
@@ -522,7 +549,9 @@ class Bundle:
         manifest["files"] = {
             name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())
         }
-        return cls(manifest, model, table, items, source="<memory>")
+        return cls(
+            manifest, model, table, items, source="<memory>", items_json=contents[ITEMS_FILE]
+        )
 
     @classmethod
     def _checked(
@@ -532,6 +561,7 @@ class Bundle:
         table: ItemTable,
         items: list[dict[str, Any]],
         source: str,
+        items_json: bytes | None = None,
     ) -> Bundle:
         """Cross-checks parsed parts: table and items against the manifest's counts."""
         count, dim = manifest["item_count"], manifest["embedding_dim"]
@@ -544,7 +574,7 @@ class Bundle:
             raise BundleError(
                 f"{source}: {ITEMS_FILE} holds {len(items)} items, the manifest says {count}"
             )
-        return cls(manifest, model, table, items, source=source)
+        return cls(manifest, model, table, items, source=source, items_json=items_json)
 
 
 def write_bundle(out_dir: str | Path, **parts: Any) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from pocketrec.errors import BundleError, PocketrecError
+from pocketrec.errors import BundleError, DataError, PocketrecError
 from pocketrec.proto import sync_pb2
 from pocketrec.sdk.bundle import Bundle
 from pocketrec.sdk.table import ItemTable
@@ -415,6 +416,50 @@ def decode_batch(
     native = values.astype(values.dtype.newbyteorder("="))  # the table's in-memory form
     rows = Rows(tuple(batch.item_ids), tuple(metadata), native, scales, dtype, dim)
     return rows, list(batch.deleted_ids)
+
+
+def read_items_jsonl(path: str | Path, *, vectors: bool = False) -> list[dict[str, Any]]:
+    """Items from a JSON Lines file: one ``{"id": str, ...}`` object per line.
+
+    The format ``pocketrec embed-items`` reads (ids and metadata) and writes (with
+    ``"vector"``), and ``pocketrec publish --items`` reads.
+
+    Args:
+        vectors: require a ``"vector"`` of finite numbers, of one length for every item.
+
+    Raises:
+        DataError: naming the file and line of the first bad entry.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read items from {path}: {exc}") from exc
+    items = []
+    lengths = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not JSON ({exc})") from exc
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            raise DataError(f'{path}:{number}: expected an object with a string "id"')
+        if vectors:
+            vector = item.get("vector")
+            if not isinstance(vector, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in vector
+            ):
+                raise DataError(f'{path}:{number}: expected a "vector" of finite numbers')
+            lengths.add(len(vector))
+        items.append(item)
+    if not items:
+        raise DataError(f"{path} holds no items: expected one JSON object per line")
+    if len(lengths) > 1:
+        raise DataError(f"{path}: vectors have lengths {sorted(lengths)}; expected one")
+    return items
 
 
 def bundle_of(record: Mapping[str, Any], model: bytes, rows: Rows) -> Bundle:

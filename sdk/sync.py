@@ -104,6 +104,7 @@ class _Held:
     bundle: Bundle
     model_version: int
     catalog_version: int
+    rows: Rows | None = None  # the bundle's rows in sync order, when already at hand
 
 
 class SyncClient:
@@ -259,7 +260,9 @@ class SyncClient:
             model = self._download_model(model_doc)
             model_bytes = len(model)
         since = held.catalog_version if same_model and held is not None else 0
-        base = Rows.of_bundle(held.bundle) if same_model and held is not None else None
+        base = None
+        if same_model and held is not None:
+            base = held.rows if held.rows is not None else Rows.of_bundle(held.bundle)
         stream = self._stream_items(model_doc["model_version"], since, catalog_doc, base)
         final_record, rows, snapshot, counts = stream
         final_doc = self._verified(final_record, CATALOG_KIND, catalog_doc["catalog_version"])
@@ -267,7 +270,7 @@ class SyncClient:
         path = self._install(bundle, model_record, final_record, final_doc)
         if recommender is not None:
             recommender.swap(bundle, verify=False)  # checked above on this CPU
-        installed = _Held(bundle, final_doc["model_version"], final_doc["catalog_version"])
+        installed = _Held(bundle, final_doc["model_version"], final_doc["catalog_version"], rows)
         self._installed = (path.resolve(), installed)
         LOGGER.info(
             "sync %s: model %d, catalog %d (%s, %d rows, %d deleted)",

@@ -4,7 +4,7 @@ Needs the ``server`` extra (gRPC health checking and reflection). See
 ``proto/pocketrec/sync/v1/sync.proto`` for what devices receive.
 """
 
-from pocketrec.server.publish import PublishResult, publish, publish_items, read_items_file
+from pocketrec.server.publish import PublishResult, publish, publish_items
 from pocketrec.server.service import (
     CHUNK_BYTES,
     SERVICE_NAME,
@@ -42,7 +42,6 @@ __all__ = [
     "issue_token",
     "publish",
     "publish_items",
-    "read_items_file",
     "revoke_token",
     "serve",
     "token_sha256",

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pocketrec.errors import DataError
 from pocketrec.sdk.bundle import Bundle
 from pocketrec.sdk.catalog import (
     CATALOG_KIND,
@@ -207,31 +205,6 @@ def publish_items(
     current = bundle_of(document, model_bytes, base)
     updated = current.with_items(rows.table(), rows.item_ids, rows.metadata)
     return publish(store, updated, family, key)
-
-
-def read_items_file(path: str | Path) -> list[dict[str, Any]]:
-    """The items of a JSON Lines file: one ``{"id": ..., "vector": [...], ...}`` per line.
-
-    Raises:
-        DataError: naming the line that is not such an object.
-    """
-    items = []
-    source = Path(path)
-    with source.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{source}:{number}: not JSON ({exc})") from exc
-            if not isinstance(item, dict) or "id" not in item or "vector" not in item:
-                raise DataError(
-                    f'{source}:{number}: expected an object {{"id": ..., "vector": [...], ...}}, '
-                    f"got {line.strip()[:80]!r}"
-                )
-            items.append(item)
-    return items
 
 
 def _check_signer(latest: CatalogVersion, key: Ed25519PrivateKey) -> None:

@@ -488,11 +488,13 @@ def serve(
     *,
     max_workers: int = 16,
     chunk_bytes: int = CHUNK_BYTES,
+    servicer: type[CatalogSyncServicer] = CatalogSyncServicer,
 ) -> SyncServer:
     """Starts `CatalogSync`, grpc.health.v1 and reflection on ``host:port`` (0: any free).
 
     Plaintext: put TLS in front of it beyond a trusted network. ``max_workers`` bounds the
-    calls served at once (each stream holds one worker while it runs).
+    calls served at once (each stream holds one worker while it runs). ``servicer`` may
+    be a subclass that adds behaviour (metrics, fault injection in tests).
 
     Raises:
         OSError: if the address cannot be bound.
@@ -504,7 +506,7 @@ def serve(
         options=[("grpc.so_reuseport", 0)],
     )
     sync_pb2_grpc.add_CatalogSyncServicer_to_server(
-        CatalogSyncServicer(store, chunk_bytes=chunk_bytes), server
+        servicer(store, chunk_bytes=chunk_bytes), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

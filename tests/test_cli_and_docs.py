@@ -13,7 +13,21 @@ from pocketrec._log import is_native_chatter
 from pocketrec.cli import build_parser, main, printable
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("demo", "train", "export", "compress", "recommend", "bench")
+COMMANDS = (
+    "demo",
+    "train",
+    "export",
+    "compress",
+    "recommend",
+    "sync",
+    "embed-items",
+    "bench",
+    "bench-sync",
+    "keys",
+    "publish",
+    "token",
+    "serve",
+)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -9,8 +9,9 @@ import pytest
 from _training_fixtures import tiny_model_config, tiny_split, tiny_train_config
 
 from pocketrec.errors import DataError
+from pocketrec.sdk.catalog import read_items_jsonl
 from pocketrec.training import TrainedModel, train
-from pocketrec.training.embed import embed_items, read_embedded_jsonl, read_items_jsonl
+from pocketrec.training.embed import embed_items, read_embedded_jsonl
 
 
 @pytest.fixture(scope="module")

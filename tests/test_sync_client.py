@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -30,9 +29,10 @@ from _sdk_fixtures import (
 from pocketrec.sdk import Bundle, ItemTable, Recommender
 from pocketrec.sdk.catalog import Rows, generate_key, public_key_hex
 from pocketrec.sdk.sync import SyncClient, SyncError
-from pocketrec.server.publish import issue_token, publish
+from pocketrec.server.publish import publish
 from pocketrec.server.service import serve
 from pocketrec.server.store import SQLiteStore
+from pocketrec.server.tokens import issue_token
 
 FAMILY = "movies"
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def world(tmp_path) -> Iterator[World]:
     store = SQLiteStore(tmp_path / "server.db")
     key = generate_key()
     token = issue_token(store, FAMILY, "device-1")
-    with serve(store, port=0, chunk_bytes=2048) as server:
+    with serve(store, port=0, chunk_bytes=512) as server:
         yield World(tmp_path, store, key, token, server.port)
 
 
@@ -119,7 +119,7 @@ def test_a_full_sync_installs_the_published_catalog_byte_for_byte(world, tmp_pat
         assert (result.model_version, result.catalog_version) == (1, 1)
         installed = Bundle.open(client.bundle_path)
     _assert_same_rows(Rows.of_bundle(installed), _rows(tmp_path / "v1"))
-    served = world.store.catalog_rows(FAMILY, 1)
+    served = world.store.rows(FAMILY, 1)
     assert (
         installed.files()["item_table.values.npy"]
         == served.table().to_files()[1]["item_table.values.npy"]
@@ -193,10 +193,13 @@ def test_a_damaged_chunk_is_detected_and_fetched_again(tmp_path) -> None:
             for chunk in super().SyncItems(request, context):
                 if chunk.index == 1 and not damaged:
                     damaged.append(chunk.index)
-                    chunk.batch = chunk.batch[:-1] + bytes([chunk.batch[-1] ^ 0xFF])
+                    copy = type(chunk)()
+                    copy.CopyFrom(chunk)  # the server caches its chunks: damage a copy
+                    copy.batch = chunk.batch[:-1] + bytes([chunk.batch[-1] ^ 0xFF])
+                    chunk = copy
                 yield chunk
 
-    with serve(store, port=0, chunk_bytes=2048, servicer=Damaging) as server:
+    with serve(store, port=0, chunk_bytes=512, servicer=Damaging) as server:
         client = SyncClient(
             f"127.0.0.1:{server.port}",
             token=token,
@@ -264,7 +267,8 @@ def test_a_bad_signature_is_refused_and_the_old_version_kept(world, tmp_path, ta
 def test_an_older_signed_version_is_a_rollback_and_refused(world, tmp_path) -> None:
     world.publish(_catalog(tmp_path, "v1"))
     old_server = tmp_path / "old.db"
-    shutil.copy(world.root / "server.db", old_server)
+    with sqlite3.connect(world.root / "server.db") as live, sqlite3.connect(old_server) as copy:
+        live.backup(copy)  # the store as it was at catalog version 1, WAL included
     world.publish(_changed_catalog(tmp_path))
     with world.client() as client:
         assert client.sync().catalog_version == 2
@@ -325,7 +329,7 @@ def test_kill_9_of_the_device_mid_sync_leaves_a_valid_bundle_in_use(world, tmp_p
 
 def _tamper_latest_catalog(db: Path, how: str) -> None:
     with sqlite3.connect(db) as connection:
-        table, column, signature = _catalog_record_columns(connection)
+        table, column, signature = "catalogs", "record", "signature"
         latest = connection.execute(f"SELECT MAX(catalog_version) FROM {table}").fetchone()[0]
         record, sig = connection.execute(
             f"SELECT {column}, {signature} FROM {table} WHERE catalog_version = ?", (latest,)
@@ -343,10 +347,6 @@ def _tamper_latest_catalog(db: Path, how: str) -> None:
             f"UPDATE {table} SET {column} = ?, {signature} = ? WHERE catalog_version = ?",
             (record, sig, latest),
         )
-
-
-def _catalog_record_columns(connection: sqlite3.Connection) -> tuple[str, str, str]:
-    raise NotImplementedError("set after the server lands")
 
 
 def _other_model() -> bytes:
@@ -373,7 +373,7 @@ def _server_process(db: Path, port: int) -> subprocess.Popen:
             "--port",
             str(port),
             "--chunk-bytes",
-            "2048",
+            "512",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -384,3 +384,42 @@ def _server_process(db: Path, port: int) -> subprocess.Popen:
     assert "serving on" in line, line
     time.sleep(0.05)
     return process
+
+
+def test_the_command_line_runs_the_whole_loop(tmp_path, capsys) -> None:
+    from pocketrec.cli import main
+
+    keys, db, device = tmp_path / "keys", tmp_path / "server.db", tmp_path / "device"
+    assert main(["keys", "generate", "--out", str(keys)]) == 0
+    public_key = (keys / "publisher.pub").read_text().strip()
+    assert public_key in capsys.readouterr().out
+    bundle = str(_catalog(tmp_path, "v1"))
+    store_args = ["--store", str(db), "--family", FAMILY]
+    assert main(["publish", bundle, *store_args, "--key", str(keys / "publisher.key")]) == 0
+    assert main(["token", "issue", *store_args, "--device", "phone"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    port = _free_port()
+    server = _server_process(db, port)
+    try:
+        sync = [
+            "sync",
+            str(device),
+            "--server",
+            f"127.0.0.1:{port}",
+            "--token",
+            token,
+            "--public-key",
+            str(keys / "publisher.pub"),
+            "--family",
+            FAMILY,
+        ]
+        assert main(sync) == 0
+        assert "updated to model 1, catalog 1" in capsys.readouterr().out
+        assert main(sync) == 0
+        assert "already at model 1, catalog 1" in capsys.readouterr().out
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    assert server.returncode == 0
+    assert main(["recommend", str(device / "bundle"), "--history", "m1", "m2", "--k", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3

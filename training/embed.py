@@ -8,7 +8,6 @@ vector, so this tower cannot embed it (an item tower over item features alone co
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pocketrec.errors import DataError
+from pocketrec.sdk.catalog import read_items_jsonl
 from pocketrec.training._trained import TrainedModel
 
 ID_EMBEDDING_LAYER = "item_embedding"
@@ -49,33 +49,6 @@ class EmbeddedItems:
                 line = {"id": item_id, "vector": [float(v) for v in vector], **meta}
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
         return out
-
-
-def read_items_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Items from a JSON Lines file: one object per line with a string ``"id"``.
-
-    Raises:
-        DataError: naming the file and line of the first bad entry.
-    """
-    path = Path(path)
-    items = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read items from {path}: {exc}") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not JSON ({exc})") from exc
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
-            raise DataError(f'{path}:{number}: expected an object with a string "id"')
-        items.append(item)
-    if not items:
-        raise DataError(f"{path} holds no items: expected one JSON object per line")
-    return items
 
 
 def embed_items(
@@ -129,21 +102,10 @@ def read_embedded_jsonl(path: str | Path) -> EmbeddedItems:
     Raises:
         DataError: for a line without a finite numeric ``"vector"`` of the common length.
     """
-    items = read_items_jsonl(path)
-    vectors = []
-    for number, item in enumerate(items, start=1):
-        vector = item.get("vector")
-        if not isinstance(vector, list) or not all(
-            isinstance(v, int | float) and math.isfinite(v) for v in vector
-        ):
-            raise DataError(f'{path}: item {number} needs a "vector" of finite numbers')
-        vectors.append(vector)
-    if len({len(v) for v in vectors}) != 1:
-        raise DataError(f"{path}: vectors must all have one length")
+    items = read_items_jsonl(path, vectors=True)
     metadata = [{k: v for k, v in item.items() if k not in ("id", "vector")} for item in items]
-    return EmbeddedItems(
-        [item["id"] for item in items], np.asarray(vectors, np.float32), metadata, []
-    )
+    vectors = np.asarray([item["vector"] for item in items], np.float32)
+    return EmbeddedItems([item["id"] for item in items], vectors, metadata, [])
 
 
 def _genres(
