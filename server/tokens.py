@@ -10,6 +10,9 @@ from pocketrec.sdk.catalog import check_family
 from pocketrec.server.store import Device, SyncStore
 
 _MAX_DEVICE_NAME = 128
+# Marks a string as a pocketrec device token (secret scanners can match it) and keeps it
+# from starting with "-", which a command line would read as an option.
+TOKEN_PREFIX = "prt_"
 
 
 def token_sha256(token: str) -> str:
@@ -28,7 +31,7 @@ def issue_token(store: SyncStore, family: str, device: str) -> str:
         raise ValueError(
             f"a device name is 1 to {_MAX_DEVICE_NAME} printable characters, got {device!r}"
         )
-    token = secrets.token_urlsafe(32)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     store.add_device(Device(family, device, created), token_sha256(token))
     return token

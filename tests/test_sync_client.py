@@ -398,6 +398,7 @@ def test_the_command_line_runs_the_whole_loop(tmp_path, capsys) -> None:
     assert main(["publish", bundle, *store_args, "--key", str(keys / "publisher.key")]) == 0
     assert main(["token", "issue", *store_args, "--device", "phone"]) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    assert token.startswith("prt_")
     port = _free_port()
     server = _server_process(db, port)
     try:
