@@ -77,7 +77,8 @@ class SyncResult:
         snapshot: whether the rows came as a full snapshot (None when nothing changed).
         rows: rows received (upserted) in the item stream.
         deleted: ids the delta deleted.
-        model_bytes: model bytes downloaded (0 when the model was already here).
+        model_bytes: model bytes downloaded (0 when the model was already here; less than
+            its size when a partial download was resumed).
         batch_bytes: item batch bytes received, chunks refetched included.
         resumed_from: chunk indices the item stream was resumed from after a failure.
         seconds: wall time.
@@ -257,8 +258,7 @@ class SyncClient:
             assert held is not None
             model, model_bytes = held.bundle.model, 0
         else:
-            model = self._download_model(model_doc)
-            model_bytes = len(model)
+            model, model_bytes = self._download_model(model_doc)
         since = held.catalog_version if same_model and held is not None else 0
         base = None
         if same_model and held is not None:
@@ -294,14 +294,14 @@ class SyncClient:
             path,
         )
 
-    def _download_model(self, model_doc: dict[str, Any]) -> bytes:
-        """The model the record names, resumed from a partial download; sha256 checked."""
+    def _download_model(self, model_doc: dict[str, Any]) -> tuple[bytes, int]:
+        """The model the record names, and the bytes fetched: a partial download resumes."""
         digest = str(model_doc["model_sha256"])
         size = int(model_doc["model_size_bytes"])
         downloads = self._dir / DOWNLOADS_DIR
         downloads.mkdir(exist_ok=True)
         part = downloads / f"{digest}.part"
-        tries = 0
+        tries = fetched = 0
         while True:
             have = part.stat().st_size if part.exists() else 0
             if have > size:
@@ -325,6 +325,7 @@ class SyncClient:
                             )
                         out.write(chunk.data)
                         out.flush()
+                        fetched += len(chunk.data)
             except grpc.RpcError as exc:
                 tries = self._after_failure(exc, tries, "DownloadModel")
         data = part.read_bytes()
@@ -334,7 +335,7 @@ class SyncClient:
                 f"the downloaded model's sha256 is not the {digest} its signed record names; "
                 "it was discarded"
             )
-        return data
+        return data, fetched
 
     def _stream_items(
         self,

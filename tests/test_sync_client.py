@@ -152,6 +152,20 @@ def test_a_new_model_comes_with_its_full_table(world, tmp_path) -> None:
     _assert_same_rows(_rows(client.bundle_path), _rows(other))
 
 
+def test_a_partial_model_download_is_resumed_from_its_size(world, tmp_path) -> None:
+    published = Bundle.open(_catalog(tmp_path, "v1"))
+    world.publish(published)
+    model = published.model
+    downloads = world.root / "device" / "downloads"
+    downloads.mkdir(parents=True)
+    (downloads / f"{published.model_sha256}.part").write_bytes(model[:1000])
+    with world.client() as client:
+        result = client.sync()
+    assert result.model_bytes == len(model) - 1000
+    assert Bundle.open(client.bundle_path).model == model
+    assert list(downloads.iterdir()) == []
+
+
 def test_a_recommender_swaps_during_sync_and_never_sees_a_mix(world, tmp_path) -> None:
     world.publish(_catalog(tmp_path, "v1"))
     with world.client() as client:
