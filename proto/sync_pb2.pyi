@@ -7,10 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GetManifestRequest(_message.Message):
-    __slots__ = ("family",)
+    __slots__ = ("family", "running_model_version", "running_catalog_version")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     family: str
-    def __init__(self, family: _Optional[str] = ...) -> None: ...
+    running_model_version: int
+    running_catalog_version: int
+    def __init__(self, family: _Optional[str] = ..., running_model_version: _Optional[int] = ..., running_catalog_version: _Optional[int] = ...) -> None: ...
 
 class GetManifestResponse(_message.Message):
     __slots__ = ("family", "model_version", "model_record", "catalog_version", "catalog_record")
@@ -101,3 +105,81 @@ class ModelChunk(_message.Message):
     size_bytes: int
     data: bytes
     def __init__(self, offset_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class WatchManifestRequest(_message.Message):
+    __slots__ = ("family", "running_model_version", "running_catalog_version")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    running_model_version: int
+    running_catalog_version: int
+    def __init__(self, family: _Optional[str] = ..., running_model_version: _Optional[int] = ..., running_catalog_version: _Optional[int] = ...) -> None: ...
+
+class ManifestUpdate(_message.Message):
+    __slots__ = ("model_version", "catalog_version", "heartbeat", "heartbeat_ms")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    catalog_version: int
+    heartbeat: bool
+    heartbeat_ms: int
+    def __init__(self, model_version: _Optional[int] = ..., catalog_version: _Optional[int] = ..., heartbeat: _Optional[bool] = ..., heartbeat_ms: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("event_id", "user", "item_id", "timestamp_s", "model_version", "catalog_version")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    event_id: bytes
+    user: str
+    item_id: str
+    timestamp_s: float
+    model_version: int
+    catalog_version: int
+    def __init__(self, event_id: _Optional[bytes] = ..., user: _Optional[str] = ..., item_id: _Optional[str] = ..., timestamp_s: _Optional[float] = ..., model_version: _Optional[int] = ..., catalog_version: _Optional[int] = ...) -> None: ...
+
+class UploadEventsRequest(_message.Message):
+    __slots__ = ("family", "events")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, family: _Optional[str] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class UploadEventsResponse(_message.Message):
+    __slots__ = ("acknowledged_event_ids", "stored_new", "rejected")
+    ACKNOWLEDGED_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    STORED_NEW_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    acknowledged_event_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    stored_new: int
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedEvent]
+    def __init__(self, acknowledged_event_ids: _Optional[_Iterable[bytes]] = ..., stored_new: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedEvent, _Mapping]]] = ...) -> None: ...
+
+class RejectedEvent(_message.Message):
+    __slots__ = ("event_id", "reason")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    event_id: bytes
+    reason: str
+    def __init__(self, event_id: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DeleteUserEventsRequest(_message.Message):
+    __slots__ = ("family", "user")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    user: str
+    def __init__(self, family: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
+
+class DeleteUserEventsResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...

@@ -50,6 +50,21 @@ class CatalogSyncStub:
                 request_serializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.DownloadModelRequest.SerializeToString,
                 response_deserializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.ModelChunk.FromString,
                 _registered_method=True)
+        self.WatchManifest = channel.unary_stream(
+                '/pocketrec.sync.v1.CatalogSync/WatchManifest',
+                request_serializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.WatchManifestRequest.SerializeToString,
+                response_deserializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.ManifestUpdate.FromString,
+                _registered_method=True)
+        self.UploadEvents = channel.unary_unary(
+                '/pocketrec.sync.v1.CatalogSync/UploadEvents',
+                request_serializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.UploadEventsRequest.SerializeToString,
+                response_deserializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.UploadEventsResponse.FromString,
+                _registered_method=True)
+        self.DeleteUserEvents = channel.unary_unary(
+                '/pocketrec.sync.v1.CatalogSync/DeleteUserEvents',
+                request_serializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.DeleteUserEventsRequest.SerializeToString,
+                response_deserializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.DeleteUserEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogSyncServicer:
@@ -83,6 +98,31 @@ class CatalogSyncServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchManifest(self, request, context):
+        """A long-lived stream: the versions this device should run, at once and again the
+        moment they change (a publish, a rollout widened, a rollback, a pin), with a heartbeat
+        every `heartbeat_ms` so a device notices a dead connection. A device syncs when the
+        versions differ from those it runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadEvents(self, request, context):
+        """Stores interaction events, idempotently: an event id already stored is acknowledged
+        again and stored once. At most 1000 events a call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUserEvents(self, request, context):
+        """Deletes every event this device uploaded for `user` (the user's right to erasure).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogSyncServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +140,21 @@ def add_CatalogSyncServicer_to_server(servicer, server):
                     servicer.DownloadModel,
                     request_deserializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.DownloadModelRequest.FromString,
                     response_serializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.ModelChunk.SerializeToString,
+            ),
+            'WatchManifest': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchManifest,
+                    request_deserializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.WatchManifestRequest.FromString,
+                    response_serializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.ManifestUpdate.SerializeToString,
+            ),
+            'UploadEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadEvents,
+                    request_deserializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.UploadEventsRequest.FromString,
+                    response_serializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.UploadEventsResponse.SerializeToString,
+            ),
+            'DeleteUserEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUserEvents,
+                    request_deserializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.DeleteUserEventsRequest.FromString,
+                    response_serializer=pocketrec_dot_sync_dot_v1_dot_sync__pb2.DeleteUserEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +239,87 @@ class CatalogSync:
             '/pocketrec.sync.v1.CatalogSync/DownloadModel',
             pocketrec_dot_sync_dot_v1_dot_sync__pb2.DownloadModelRequest.SerializeToString,
             pocketrec_dot_sync_dot_v1_dot_sync__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pocketrec.sync.v1.CatalogSync/WatchManifest',
+            pocketrec_dot_sync_dot_v1_dot_sync__pb2.WatchManifestRequest.SerializeToString,
+            pocketrec_dot_sync_dot_v1_dot_sync__pb2.ManifestUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocketrec.sync.v1.CatalogSync/UploadEvents',
+            pocketrec_dot_sync_dot_v1_dot_sync__pb2.UploadEventsRequest.SerializeToString,
+            pocketrec_dot_sync_dot_v1_dot_sync__pb2.UploadEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUserEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pocketrec.sync.v1.CatalogSync/DeleteUserEvents',
+            pocketrec_dot_sync_dot_v1_dot_sync__pb2.DeleteUserEventsRequest.SerializeToString,
+            pocketrec_dot_sync_dot_v1_dot_sync__pb2.DeleteUserEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,4 +35,11 @@ def test_the_proto_documents_its_byte_layouts_and_algorithms() -> None:
         assert term in text
     assert sync_pb2.DESCRIPTOR.package == "pocketrec.sync.v1"
     service = sync_pb2.DESCRIPTOR.services_by_name["CatalogSync"]
-    assert [m.name for m in service.methods] == ["GetManifest", "SyncItems", "DownloadModel"]
+    assert [m.name for m in service.methods] == [
+        "GetManifest",
+        "SyncItems",
+        "DownloadModel",
+        "WatchManifest",
+        "UploadEvents",
+        "DeleteUserEvents",
+    ]
