@@ -1,4 +1,4 @@
-"""Per-user event history on the device, in SQLite."""
+"""Per-user event history on the device, and the queue of events to upload, in SQLite."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import contextlib
 import datetime
 import math
 import numbers
+import os
+import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -40,7 +44,31 @@ CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_user_id ON events (user, id);
+CREATE TABLE IF NOT EXISTS upload_queue (
+    seq INTEGER PRIMARY KEY,
+    event_id BLOB NOT NULL UNIQUE,
+    user TEXT NOT NULL,
+    upload_user TEXT NOT NULL,
+    item TEXT NOT NULL,
+    ts REAL NOT NULL,
+    model_version INTEGER NOT NULL,
+    catalog_version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
+_QUEUE = (
+    "INSERT INTO upload_queue (event_id, user, upload_user, item, ts, model_version, "
+    "catalog_version) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# Drops the oldest queued events beyond the cap (an app that queues and never uploads).
+_TRIM_QUEUE = (
+    "DELETE FROM upload_queue WHERE seq <= ("
+    "SELECT seq FROM upload_queue ORDER BY seq DESC LIMIT 1 OFFSET ?)"
+)
+_QUEUED = (
+    "SELECT event_id, upload_user, item, ts, model_version, catalog_version FROM upload_queue "
+    "ORDER BY seq LIMIT ?"
+)
 _COLUMNS = {"id", "user", "item", "ts"}
 _INSERT = "INSERT INTO events (user, item, ts) VALUES (?, ?, ?)"
 # Walks the (user, id) index backwards: one seek, then n rows; no sort.
@@ -49,6 +77,32 @@ _TRIM = (
     "DELETE FROM events WHERE user = ? AND id <= ("
     "SELECT id FROM events WHERE user = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
+
+
+@dataclass(frozen=True)
+class Upload:
+    """How an appended event goes into the upload queue.
+
+    Attributes:
+        user: the user as uploaded (a pseudonym, or the app's own id).
+        model_version, catalog_version: the bundle that served when it happened.
+    """
+
+    user: str
+    model_version: int = 0
+    catalog_version: int = 0
+
+
+@dataclass(frozen=True)
+class QueuedEvent:
+    """An event waiting in the upload queue (what `UploadEvents` sends)."""
+
+    event_id: bytes
+    user: str
+    item: str
+    timestamp: float
+    model_version: int
+    catalog_version: int
 
 
 class HistoryStore:
@@ -70,20 +124,45 @@ class HistoryStore:
     and at `close`. So an open store (or one whose app was killed) holds at most
     ``max_events`` plus that batch per user, a closed one ``max_events``; `recent` and `seen`
     never look further back than ``max_events``.
+
+    Upload queue: an event appended with an `Upload` also goes, in the same transaction,
+    into a queue of its own that trimming never touches, with a random 16-byte event id.
+    It stays there until `acknowledge` (after the server stored it), so nothing is lost to
+    a restart or a kill -9, and a retried upload carries the same ids, which the server
+    stores once.
     """
 
-    def __init__(self, path: str | Path = ":memory:", *, max_events: int = 1000) -> None:
+    def __init__(
+        self,
+        path: str | Path = ":memory:",
+        *,
+        max_events: int = 1000,
+        max_queued_events: int = 100_000,
+    ) -> None:
         """Opens (creating if needed) the history database at ``path``, or ``":memory:"``.
 
+        Args:
+            max_events: events per user that count; older ones are deleted.
+            max_queued_events: most events waiting for upload; when an app queues events
+                and never uploads, the oldest beyond this are dropped (checked with the
+                amortized trimming, so the queue may briefly hold a batch more).
+
         Raises:
-            ValueError: if ``max_events`` is not an int >= 1.
+            ValueError: if ``max_events`` or ``max_queued_events`` is not an int >= 1.
             HistoryStoreError: if ``path`` cannot be opened or created, is not an SQLite
                 history database or is corrupt, or is locked by another process.
         """
         if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1:
             raise ValueError(f"max_events must be an int >= 1, got {max_events!r}")
+        if (
+            isinstance(max_queued_events, bool)
+            or not isinstance(max_queued_events, int)
+            or max_queued_events < 1
+        ):
+            raise ValueError(f"max_queued_events must be an int >= 1, got {max_queued_events!r}")
         self._path = str(path)
         self._max_events = max_events
+        self._max_queued = max_queued_events
         self._trim_every = max(16, max_events // 8)
         # Appends per user since that user was last trimmed, in this process.
         self._untrimmed: dict[str, int] = {}
@@ -111,7 +190,14 @@ class HistoryStore:
         """Most events per user that `recent` and `seen` look at; older ones are deleted."""
         return self._max_events
 
-    def append(self, user: str | int, item: str | int, ts: float | None = None) -> None:
+    def append(
+        self,
+        user: str | int,
+        item: str | int,
+        ts: float | None = None,
+        *,
+        upload: Upload | None = None,
+    ) -> None:
         """Records that ``user`` interacted with ``item`` at ``ts`` (default: now).
 
         Committed when it returns (see the class docstring for what survives what). A
@@ -122,6 +208,7 @@ class HistoryStore:
             item: the item id.
             ts: seconds since the epoch (an int or float in ``[0, TIMESTAMP_END)``); for a
                 `datetime.datetime`, pass ``dt.timestamp()``.
+            upload: also queue the event for upload, as this says.
 
         Raises:
             TypeError: if an id is neither ``str`` nor ``int``, or ``ts`` is not a number.
@@ -133,18 +220,34 @@ class HistoryStore:
         user = user_id(user)
         item = item_id(item)
         stamp = time.time() if ts is None else _timestamp(ts)
+        queued = None
+        if upload is not None:
+            queued = (
+                _event_id(),
+                user,
+                user_id(upload.user),
+                item,
+                stamp,
+                _version(upload.model_version),
+                _version(upload.catalog_version),
+            )
         with self._lock:
             db = self._connection()
             untrimmed = self._untrimmed.get(user, self._trim_every)
+            trim = untrimmed >= self._trim_every
             try:
-                if untrimmed < self._trim_every:
+                if not trim and queued is None:
                     db.execute(_INSERT, (user, item, stamp))
                 else:
                     db.execute("BEGIN IMMEDIATE")
                     db.execute(_INSERT, (user, item, stamp))
-                    db.execute(_TRIM, (user, user, self._max_events))
+                    if queued is not None:
+                        db.execute(_QUEUE, queued)
+                    if trim:
+                        db.execute(_TRIM, (user, user, self._max_events))
+                        db.execute(_TRIM_QUEUE, (self._max_queued,))
+                        untrimmed = 0
                     db.execute("COMMIT")
-                    untrimmed = 0
             except BaseException as exc:
                 _roll_back(db)
                 if isinstance(exc, sqlite3.Error):
@@ -177,8 +280,74 @@ class HistoryStore:
         """
         return {item for (item,) in self._read(_RECENT, (user_id(user), self._max_events))}
 
+    def queued(self, limit: int = 1000) -> list[QueuedEvent]:
+        """The oldest ``limit`` events waiting for upload, oldest first.
+
+        Raises:
+            ValueError: if ``limit`` is not an int >= 1.
+            HistoryStoreError: if the file cannot be read or the store is closed.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        return [QueuedEvent(*row) for row in self._read(_QUEUED, (limit,))]
+
+    def queue_length(self) -> int:
+        """How many events wait for upload."""
+        return int(self._read("SELECT COUNT(*) FROM upload_queue", ())[0][0])
+
+    def acknowledge(self, event_ids: Iterable[bytes]) -> int:
+        """Removes uploaded events (the server acknowledged them) from the queue.
+
+        Returns:
+            How many were removed (ids not queued are ignored: acknowledged before).
+
+        Raises:
+            HistoryStoreError: if the file cannot be written or the store is closed.
+        """
+        ids = [(bytes(event_id),) for event_id in event_ids]
+        with self._lock:
+            db = self._connection()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                before = db.total_changes
+                db.executemany("DELETE FROM upload_queue WHERE event_id = ?", ids)
+                removed = db.total_changes - before
+                db.execute("COMMIT")
+            except BaseException as exc:
+                _roll_back(db)
+                if isinstance(exc, sqlite3.Error):
+                    raise _store_error(exc, self._path, "write") from exc
+                raise
+        return removed
+
+    def secret(self, name: str, size: int = 32) -> bytes:
+        """A random secret of ``size`` bytes kept in this store under ``name``, made on
+        first use (e.g. the key of the device's user pseudonyms; it never leaves the file).
+
+        Raises:
+            HistoryStoreError: if the file cannot be read or written.
+        """
+        with self._lock:
+            db = self._connection()
+            try:
+                row = db.execute(
+                    "SELECT value FROM device_secrets WHERE name = ?", (name,)
+                ).fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT OR IGNORE INTO device_secrets (name, value) VALUES (?, ?)",
+                        (name, secrets.token_bytes(size)),
+                    )
+                    row = db.execute(
+                        "SELECT value FROM device_secrets WHERE name = ?", (name,)
+                    ).fetchone()
+            except sqlite3.Error as exc:
+                raise _store_error(exc, self._path, "read") from exc
+        return bytes(row[0])
+
     def forget(self, user: str | int) -> int:
-        """Deletes every stored event of ``user``; returns how many it deleted.
+        """Deletes every stored event of ``user``, and its queued uploads; returns how many
+        history events it deleted.
 
         Raises:
             TypeError: if ``user`` is neither ``str`` nor ``int``.
@@ -190,9 +359,15 @@ class HistoryStore:
         with self._lock:
             db = self._connection()
             try:
+                db.execute("BEGIN IMMEDIATE")
                 deleted = db.execute("DELETE FROM events WHERE user = ?", (user,)).rowcount
-            except sqlite3.Error as exc:
-                raise _store_error(exc, self._path, "delete from") from exc
+                db.execute("DELETE FROM upload_queue WHERE user = ?", (user,))
+                db.execute("COMMIT")
+            except BaseException as exc:
+                _roll_back(db)
+                if isinstance(exc, sqlite3.Error):
+                    raise _store_error(exc, self._path, "delete from") from exc
+                raise
             self._untrimmed.pop(user, None)
         return deleted
 
@@ -229,7 +404,7 @@ class HistoryStore:
     ) -> None:
         self.close()
 
-    def _read(self, sql: str, parameters: tuple[object, ...]) -> list[tuple[str]]:
+    def _read(self, sql: str, parameters: tuple[object, ...]) -> list[tuple]:
         with self._lock:
             db = self._connection()
             try:
@@ -279,6 +454,21 @@ def _timestamp(ts: object) -> float:
             f"9999), got {ts!r}{hint}"
         )
     return stamp
+
+
+def _event_id() -> bytes:
+    """16 bytes unique per event, time-ordered like a UUID version 7 (48-bit Unix ms, the
+    version, then random bits): the queue's unique index grows at its end, not at random."""
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = 0x70 | raw[6] & 0x0F  # version 7
+    raw[8] = 0x80 | raw[8] & 0x3F  # RFC 9562 variant
+    return bytes(raw)
+
+
+def _version(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"versions are ints >= 0, got {value!r}")
+    return value
 
 
 def _roll_back(db: sqlite3.Connection) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pocketrec.sdk._encoding import encode_histories
-from pocketrec.sdk._history import HistoryStore
+from pocketrec.sdk._history import HistoryStore, Upload
 from pocketrec.sdk._ids import item_ids, user_id
 from pocketrec.sdk._ranking import top_k
 from pocketrec.sdk._runtime import UserTower
@@ -23,6 +25,8 @@ from pocketrec.sdk.table import ItemTable
 
 # Histories scored per interpreter call in the batch API: bounds the [B, L, D] input.
 _BATCH = 256
+# The history store's secret that keys user pseudonyms.
+_PSEUDONYM_KEY = "user-pseudonym-key"
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,13 @@ class RecommenderOptions:
         max_history_events: events kept per user; older ones are deleted.
         verify: check checksums and the golden outputs on open (recommended).
         interpreter_pool_size: interpreters, i.e. how many calls can run the model at once.
+        queue_events: `observe` also queues each event for upload by
+            `pocketrec.sdk.sync.SyncClient` (in the history file, so a restart keeps it).
+            False: nothing is queued, nothing leaves the device.
+        pseudonymous_users: queued events name the user by a per-device pseudonym (an
+            HMAC-SHA-256 of the id under a key that never leaves the history file) instead
+            of the app's user id.
+        max_queued_events: most events waiting for upload (the oldest beyond are dropped).
     """
 
     bundle: Bundle | str | Path
@@ -44,6 +55,9 @@ class RecommenderOptions:
     max_history_events: int = 1000
     verify: bool = True
     interpreter_pool_size: int = 2
+    queue_events: bool = True
+    pseudonymous_users: bool = True
+    max_queued_events: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,8 @@ class _Serving:
         self.titles = [_title(item) for item in bundle.items]
         self.history_length = bundle.history_length
         self.towers = towers
+        sync = bundle.manifest["extra"].get("sync", {})
+        self.versions = (int(sync.get("model_version", 0)), int(sync.get("catalog_version", 0)))
 
     @contextmanager
     def tower(self) -> Iterator[UserTower]:
@@ -124,9 +140,12 @@ class Recommender:
         self._serving = self._prepare(options.bundle, verify=options.verify)
         history_path = ":memory:" if options.history_path is None else options.history_path
         self._store: HistoryStore | None = HistoryStore(
-            history_path, max_events=options.max_history_events
+            history_path,
+            max_events=options.max_history_events,
+            max_queued_events=options.max_queued_events,
         )
         self._closed = False
+        self._pseudonym_key: bytes | None = None  # read from the history store on first use
 
     @classmethod
     def create_from_options(cls, options: RecommenderOptions) -> Recommender:
@@ -256,17 +275,46 @@ class Recommender:
 
         Committed when it returns: it survives a crash of the app. The next
         ``recommend(user=user)`` sees it. Ids unknown to the bundle are stored too, so a
-        later bundle that knows them can use them.
+        later bundle that knows them can use them. With ``queue_events`` the event is also
+        queued for upload, attributed to the versions of the bundle serving now.
 
         Raises:
             TypeError, ValueError: for a bad id or timestamp.
             HistoryStoreError: if the history store fails; nothing was stored.
         """
-        self._history_store().append(user, item, timestamp)
+        store = self._history_store()
+        upload = None
+        if self._options.queue_events:
+            model_version, catalog_version = self.versions
+            upload = Upload(self.upload_user(user), model_version, catalog_version)
+        store.append(user, item, timestamp, upload=upload)
 
     def forget(self, user: str | int) -> None:
-        """Deletes every stored event of ``user`` on this device."""
+        """Deletes ``user``'s history and queued uploads on this device.
+
+        `pocketrec.sdk.sync.SyncClient.forget_user` also deletes what was uploaded.
+        """
         self._history_store().forget(user_id(user))
+
+    def upload_user(self, user: str | int) -> str:
+        """How uploads name ``user``: its pseudonym on this device, or the id itself."""
+        name = user_id(user)
+        if not self._options.pseudonymous_users:
+            return name
+        if self._pseudonym_key is None:
+            self._pseudonym_key = self._history_store().secret(_PSEUDONYM_KEY)
+        return hmac.new(self._pseudonym_key, name.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    @property
+    def versions(self) -> tuple[int, int]:
+        """``(model_version, catalog_version)`` of the serving bundle as the sync numbered it;
+        ``(0, 0)`` for a bundle that did not come from a sync server."""
+        return self._serving.versions
+
+    @property
+    def history(self) -> HistoryStore:
+        """The history store (and upload queue) this recommender writes."""
+        return self._history_store()
 
     def user_vectors(self, histories_rows: Sequence[Sequence[int]]) -> np.ndarray:
         """User vectors float32 ``[B, D]`` for histories of table rows (oldest first)."""
