@@ -7,6 +7,11 @@ golden self-check), then makes it current with `Bundle.save`'s atomic swap and, 
 one, swaps it into a running `Recommender`. Until that swap nothing the device uses
 changes, so a failure or a kill -9 at any point leaves a valid bundle in use.
 
+Events go the other way: `Recommender.observe` queues each event in the history file, and
+`upload_events` (called by `sync`) sends the queue in batches, forgetting exactly what the
+server acknowledged. `start` runs all of it in the background: a `WatchManifest` stream
+tells the device the moment a new version is published, and the client syncs at once.
+
 Device directory::
 
     DEVICE_DIR/bundle            the bundle in use (a link to its version, see Bundle.save)
@@ -16,11 +21,13 @@ Device directory::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from pocketrec.errors import BundleError, PocketrecError
 from pocketrec.proto import sync_pb2, sync_pb2_grpc
+from pocketrec.sdk._history import HistoryStore
 from pocketrec.sdk.bundle import Bundle, read_manifest
 from pocketrec.sdk.catalog import (
     CATALOG_KIND,
@@ -51,6 +59,7 @@ LOGGER = logging.getLogger("pocketrec.sync")
 BUNDLE_DIR = "bundle"
 STATE_FILE = "state.json"
 DOWNLOADS_DIR = "downloads"
+MAX_UPLOAD_BATCH = 1000
 # Failures worth another try: the server restarting, a broken connection, a busy server.
 _RETRIABLE = frozenset(
     {
@@ -83,6 +92,7 @@ class SyncResult:
         resumed_from: chunk indices the item stream was resumed from after a failure.
         seconds: wall time.
         bundle: the bundle in use.
+        events_uploaded: queued events the server acknowledged in this sync.
     """
 
     model_version: int
@@ -96,6 +106,26 @@ class SyncResult:
     resumed_from: tuple[int, ...]
     seconds: float
     bundle: Path
+    events_uploaded: int = 0
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What `SyncClient.upload_events` sent.
+
+    Attributes:
+        acknowledged: events the server holds now (and the device forgot).
+        stored_new: of those, how many it had not stored before (a retry stores once).
+        rejected: malformed events the server refused; the device dropped them too.
+        request_bytes: serialized request bytes sent.
+        seconds: wall time.
+    """
+
+    acknowledged: int
+    stored_new: int
+    rejected: int
+    request_bytes: int
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -131,6 +161,8 @@ class SyncClient:
         max_backoff_s: float = 5.0,
         allow_rollback: bool = False,
         on_chunk: Callable[[int, int], None] | None = None,
+        upload_batch: int = 500,
+        watch_s: float = 300.0,
     ) -> None:
         """Prepares a client; nothing is sent until `sync`.
 
@@ -147,13 +179,18 @@ class SyncClient:
             allow_rollback: accept signed versions older than those held (an explicit
                 roll back by the app).
             on_chunk: called with (index, count) after each item chunk is applied.
+            upload_batch: events per `UploadEvents` call (at most 1000).
+            watch_s: how long one `WatchManifest` stream lasts before the background
+                thread opens the next (a dead connection is noticed sooner, by heartbeats).
 
         Raises:
             ValueError: for a bad family, key, token or setting.
         """
         if not isinstance(token, str) or not token:
             raise ValueError("token must be the non-empty str `pocketrec token issue` printed")
-        if not deadline_s > 0 or retries < 0 or not backoff_s > 0:
+        if not 1 <= upload_batch <= MAX_UPLOAD_BATCH:
+            raise ValueError(f"upload_batch must be in [1, {MAX_UPLOAD_BATCH}], got {upload_batch}")
+        if not deadline_s > 0 or retries < 0 or not backoff_s > 0 or not watch_s > 0:
             raise ValueError(
                 f"deadline_s and backoff_s must be > 0 and retries >= 0, got {deadline_s}, "
                 f"{backoff_s} and {retries}"
@@ -168,10 +205,18 @@ class SyncClient:
         self._max_backoff_s = float(max_backoff_s)
         self._allow_rollback = allow_rollback
         self._on_chunk = on_chunk
+        self._upload_batch = upload_batch
+        self._watch_s = float(watch_s)
         self._channel = grpc.insecure_channel(target)
         self._stub = sync_pb2_grpc.CatalogSyncStub(self._channel)
         # The bundle this client installed last, by its version directory: not re-read.
         self._installed: tuple[Path, _Held] | None = None
+        # One sync at a time, whether the app or the background thread asks.
+        self._sync_lock = threading.Lock()
+        self._upload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._watch: Any = None  # the WatchManifest call in flight, to cancel on stop
 
     @property
     def bundle_path(self) -> Path:
@@ -197,15 +242,138 @@ class SyncClient:
                 self-check, a rollback); the bundle in use is unchanged.
         """
         started = time.perf_counter()
+        with self._sync_lock:
+            try:
+                result = self._sync(recommender, started)
+            except (SignatureError, BundleError) as exc:
+                raise SyncError(f"sync of {self._family!r} refused: {exc}") from exc
+            except grpc.RpcError as exc:
+                raise SyncError(_describe(exc)) from exc
+        if recommender is not None and recommender.history.queue_length():
+            try:
+                uploaded = self.upload_events(recommender).acknowledged
+            except SyncError as exc:
+                # The bundle is installed; the queue stays for the next sync to send.
+                LOGGER.warning("%s; the events stay queued", exc)
+            else:
+                result = dataclasses.replace(result, events_uploaded=uploaded)
+        return result
+
+    def upload_events(self, recommender: Recommender) -> UploadResult:
+        """Sends ``recommender``'s queued events until the queue is empty.
+
+        Each batch is removed from the queue only once the server acknowledged it, so an
+        upload cut short (a failure, a kill -9) sends the rest next time, and the server
+        stores a retried event once.
+
+        Raises:
+            SyncError: if the server cannot be reached or refuses; what was acknowledged
+                so far is forgotten, the rest stays queued.
+        """
+        started = time.perf_counter()
+        store = recommender.history
+        totals = {"acknowledged": 0, "stored_new": 0, "rejected": 0, "request_bytes": 0}
+        with self._upload_lock:
+            self._upload(store, totals)
+        return UploadResult(**totals, seconds=time.perf_counter() - started)
+
+    def _upload(self, store: HistoryStore, totals: dict[str, int]) -> None:
+        while batch := store.queued(self._upload_batch):
+            request = sync_pb2.UploadEventsRequest(
+                family=self._family,
+                events=[
+                    sync_pb2.Event(
+                        event_id=event.event_id,
+                        user=event.user,
+                        item_id=event.item,
+                        timestamp_s=event.timestamp,
+                        model_version=event.model_version,
+                        catalog_version=event.catalog_version,
+                    )
+                    for event in batch
+                ],
+            )
+            try:
+                response = self._retrying(
+                    lambda request=request: self._stub.UploadEvents(
+                        request, timeout=self._deadline_s, metadata=self._metadata
+                    ),
+                    "UploadEvents",
+                )
+            except grpc.RpcError as exc:
+                raise SyncError(_describe(exc)) from exc
+            for rejected in response.rejected:
+                LOGGER.warning(
+                    "the server refused event %s: %s; dropped",
+                    rejected.event_id.hex(),
+                    rejected.reason,
+                )
+            done = [*response.acknowledged_event_ids, *(r.event_id for r in response.rejected)]
+            store.acknowledge(done)
+            totals["acknowledged"] += len(response.acknowledged_event_ids)
+            totals["stored_new"] += response.stored_new
+            totals["rejected"] += len(response.rejected)
+            totals["request_bytes"] += request.ByteSize()
+            if not done:
+                raise SyncError("the server acknowledged none of a batch of events; retry later")
+
+    def forget_user(self, recommender: Recommender, user: str | int) -> int:
+        """Deletes ``user``'s uploaded events on the server, then everything on the device.
+
+        Returns:
+            How many uploaded events the server deleted.
+
+        Raises:
+            SyncError: if the server cannot be reached or refuses; the device keeps the
+                user's data too, so a retry deletes both.
+        """
+        request = sync_pb2.DeleteUserEventsRequest(
+            family=self._family, user=recommender.upload_user(user)
+        )
         try:
-            return self._sync(recommender, started)
-        except (SignatureError, BundleError) as exc:
-            raise SyncError(f"sync of {self._family!r} refused: {exc}") from exc
+            response = self._retrying(
+                lambda: self._stub.DeleteUserEvents(
+                    request, timeout=self._deadline_s, metadata=self._metadata
+                ),
+                "DeleteUserEvents",
+            )
         except grpc.RpcError as exc:
             raise SyncError(_describe(exc)) from exc
+        recommender.forget(user)
+        return int(response.deleted)
+
+    def start(self, recommender: Recommender | None = None) -> None:
+        """Keeps the device fresh in a background thread until `stop` (or `close`).
+
+        The thread syncs (and uploads ``recommender``'s events), then holds a
+        `WatchManifest` stream open and syncs the moment the server names other versions.
+        When the stream breaks it reconnects with backoff and jitter, syncing at each try
+        meanwhile (polling). Failures are logged, never raised.
+
+        Raises:
+            ValueError: if it is already running.
+        """
+        if self._worker is not None and self._worker.is_alive():
+            raise ValueError("the background sync is already running; stop() it first")
+        self._stop.clear()
+        self._worker = threading.Thread(
+            target=self._run, args=(recommender,), name="pocketrec-sync", daemon=True
+        )
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the background thread and waits for it; safe to call when not running."""
+        self._stop.set()
+        watch = self._watch
+        if watch is not None:
+            watch.cancel()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.join(timeout)
 
     def close(self) -> None:
-        """Closes the channel; safe to call twice."""
+        """Stops the background thread, then closes the channel; safe to call twice."""
+        self.stop()
         self._channel.close()
 
     def __enter__(self) -> SyncClient:
@@ -224,12 +392,18 @@ class SyncClient:
     def _sync(self, recommender: Recommender | None, started: float) -> SyncResult:
         self._dir.mkdir(parents=True, exist_ok=True)
         held = self._held()
+        running = (0, 0) if held is None else (held.model_version, held.catalog_version)
         response = self._retrying(
             lambda: self._stub.GetManifest(
-                sync_pb2.GetManifestRequest(family=self._family),
+                sync_pb2.GetManifestRequest(
+                    family=self._family,
+                    running_model_version=running[0],
+                    running_catalog_version=running[1],
+                ),
                 timeout=self._deadline_s,
                 metadata=self._metadata,
-            )
+            ),
+            "GetManifest",
         )
         model_record = SignedRecord.from_proto(response.model_record)
         model_doc = self._verified(model_record, MODEL_KIND, response.model_version)
@@ -486,13 +660,67 @@ class SyncClient:
 
     # -- retries ------------------------------------------------------------------------------
 
-    def _retrying(self, call: Callable[[], Any]) -> Any:
+    def _retrying(self, call: Callable[[], Any], method: str) -> Any:
         tries = 0
         while True:
             try:
                 return call()
             except grpc.RpcError as exc:
-                tries = self._after_failure(exc, tries, "GetManifest")
+                tries = self._after_failure(exc, tries, method)
+
+    # -- the background thread ----------------------------------------------------------------
+
+    def _run(self, recommender: Recommender | None) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            self._sync_logged(recommender)  # at start, and as the poll while reconnecting
+            try:
+                self._watch_until_broken(recommender)
+                failures = 0
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    break
+                failures += 1
+                delay = min(self._max_backoff_s, self._backoff_s * 2 ** min(failures, 16))
+                delay += random.uniform(0, delay / 2)
+                LOGGER.info(
+                    "watch stream broke (%s); reconnecting in %.2f s", _describe(exc), delay
+                )
+                self._stop.wait(delay)
+
+    def _watch_until_broken(self, recommender: Recommender | None) -> None:
+        """Follows one WatchManifest stream; returns when it ends by its deadline."""
+        running = self.versions() or (0, 0)
+        call = self._stub.WatchManifest(
+            sync_pb2.WatchManifestRequest(
+                family=self._family,
+                running_model_version=running[0],
+                running_catalog_version=running[1],
+            ),
+            timeout=self._watch_s,
+            metadata=self._metadata,
+        )
+        self._watch = call
+        watchdog = _Watchdog(call)
+        try:
+            if self._stop.is_set():
+                call.cancel()
+            for update in call:
+                watchdog.heard(update.heartbeat_ms)
+                if (update.model_version, update.catalog_version) != self.versions():
+                    self._sync_logged(recommender)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or watchdog.fired:
+                raise
+        finally:
+            watchdog.close()
+            self._watch = None
+
+    def _sync_logged(self, recommender: Recommender | None) -> None:
+        try:
+            self.sync(recommender)
+        except SyncError as exc:
+            LOGGER.warning("background sync failed: %s", exc)
 
     def _after_failure(self, exc: grpc.RpcError, tries: int, method: str) -> int:
         """Waits before the next try of a retriable failure; raises otherwise."""
@@ -537,6 +765,39 @@ class SyncClient:
             seconds=time.perf_counter() - started,
             bundle=path if path is not None else self.bundle_path,
         )
+
+
+class _Watchdog:
+    """Cancels a watch stream that stays silent for three heartbeats (a dead connection)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._deadline = float("inf")
+        self._lock = threading.Condition()
+        self._closed = False
+        self.fired = False
+        threading.Thread(target=self._watch, name="pocketrec-watchdog", daemon=True).start()
+
+    def heard(self, heartbeat_ms: int) -> None:
+        with self._lock:
+            quiet = 3 * max(heartbeat_ms, 100) / 1000 if heartbeat_ms else float("inf")
+            self._deadline = time.monotonic() + quiet
+            self._lock.notify()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+
+    def _watch(self) -> None:
+        with self._lock:
+            while not self._closed:
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    self.fired = True
+                    self._call.cancel()
+                    return
+                self._lock.wait(None if left == float("inf") else left)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

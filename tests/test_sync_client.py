@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
-from _sdk_fixtures import (
-    NUM_ITEMS,
-    item_ids,
-    item_vectors,
-    items_metadata,
-    run_in_threads,
-    write_tiny_bundle,
+from _sdk_fixtures import NUM_ITEMS, item_ids, run_in_threads, write_tiny_bundle
+from _sync_fixtures import (
+    FAMILY,
+    World,
+    assert_same_rows,
+    catalog,
+    changed_catalog,
+    free_port,
+    other_model,
+    rows_of,
+    running_world,
+    server_process,
 )
 
-from pocketrec.sdk import Bundle, ItemTable, Recommender
+from pocketrec.sdk import Bundle, Recommender
 from pocketrec.sdk.catalog import Rows, generate_key, public_key_hex
 from pocketrec.sdk.sync import SyncClient, SyncError
 from pocketrec.server.publish import publish
@@ -34,91 +34,20 @@ from pocketrec.server.service import serve
 from pocketrec.server.store import SQLiteStore
 from pocketrec.server.tokens import issue_token
 
-FAMILY = "movies"
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class World:
-    """A store with a publisher key, a device token and a server running on it."""
-
-    root: Path
-    store: SQLiteStore
-    key: object
-    token: str
-    port: int
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def publish(self, bundle: Path | Bundle) -> object:
-        source = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-        return publish(self.store, source, FAMILY, self.key)
-
-    def client(self, device: str = "device", **options: object) -> SyncClient:
-        return SyncClient(
-            self.target,
-            token=self.token,
-            public_key=public_key_hex(self.key),
-            family=FAMILY,
-            device_dir=self.root / device,
-            deadline_s=10,
-            backoff_s=0.05,
-            **options,
-        )
-
 
 @pytest.fixture
 def world(tmp_path) -> Iterator[World]:
-    store = SQLiteStore(tmp_path / "server.db")
-    key = generate_key()
-    token = issue_token(store, FAMILY, "device-1")
-    with serve(store, port=0, chunk_bytes=512) as server:
-        yield World(tmp_path, store, key, token, server.port)
-
-
-def _catalog(tmp_path: Path, name: str, *, dtype: str = "int8", seed: int = 0, **changes) -> Path:
-    return write_tiny_bundle(
-        tmp_path / name,
-        dtype=dtype,
-        table=ItemTable.quantize(item_vectors(seed=seed), dtype),
-        **changes,
-    )
-
-
-def _changed_catalog(tmp_path: Path) -> Bundle:
-    """The first catalog with 3 rows changed, 2 deleted and 1 added."""
-    vectors = item_vectors()
-    ids, meta = item_ids(), items_metadata()
-    vectors[[1, 2, 3]] = item_vectors(3, seed=7)
-    keep = [i for i in range(NUM_ITEMS) if i not in (5, 7)]
-    vectors = np.concatenate([vectors[keep], item_vectors(1, seed=8)])
-    ids = [ids[i] for i in keep] + ["m-new"]
-    meta = [meta[i] for i in keep] + [{"title": "New Movie", "genres": ["Drama"]}]
-    table = ItemTable.quantize(vectors, "int8")
-    return Bundle.open(_catalog(tmp_path, "v1")).with_items(table, ids, meta)
-
-
-def _rows(path: Path) -> Rows:
-    return Rows.of_bundle(Bundle.open(path))
-
-
-def _assert_same_rows(a: Rows, b: Rows) -> None:
-    assert a.item_ids == b.item_ids
-    assert a.metadata == b.metadata
-    np.testing.assert_array_equal(a.values, b.values)
-    np.testing.assert_array_equal(a.scales, b.scales)
+    yield from running_world(tmp_path)
 
 
 def test_a_full_sync_installs_the_published_catalog_byte_for_byte(world, tmp_path) -> None:
-    world.publish(_catalog(tmp_path, "v1"))
+    world.publish(catalog(tmp_path, "v1"))
     with world.client() as client:
         result = client.sync()
         assert result.changed and result.snapshot and result.rows == NUM_ITEMS
         assert (result.model_version, result.catalog_version) == (1, 1)
         installed = Bundle.open(client.bundle_path)
-    _assert_same_rows(Rows.of_bundle(installed), _rows(tmp_path / "v1"))
+    assert_same_rows(Rows.of_bundle(installed), rows_of(tmp_path / "v1"))
     served = world.store.rows(FAMILY, 1)
     assert (
         installed.files()["item_table.values.npy"]
@@ -129,31 +58,31 @@ def test_a_full_sync_installs_the_published_catalog_byte_for_byte(world, tmp_pat
 
 
 def test_a_delta_brings_only_the_changed_rows_and_ends_identical(world, tmp_path) -> None:
-    world.publish(_catalog(tmp_path, "v1"))
+    world.publish(catalog(tmp_path, "v1"))
     with world.client() as client:
         client.sync()
-        world.publish(_changed_catalog(tmp_path))
+        world.publish(changed_catalog(tmp_path))
         result = client.sync()
         assert (result.snapshot, result.rows, result.deleted) == (False, 4, 2)
         assert result.model_bytes == 0
         assert result.catalog_version == 2
         installed = Bundle.open(client.bundle_path)
-    _assert_same_rows(Rows.of_bundle(installed), Rows.of_bundle(_changed_catalog(tmp_path)))
+    assert_same_rows(Rows.of_bundle(installed), Rows.of_bundle(changed_catalog(tmp_path)))
 
 
 def test_a_new_model_comes_with_its_full_table(world, tmp_path) -> None:
-    world.publish(_catalog(tmp_path, "v1"))
+    world.publish(catalog(tmp_path, "v1"))
     with world.client() as client:
         client.sync()
-        other = write_tiny_bundle(tmp_path / "other", dtype="float16", model=_other_model())
+        other = write_tiny_bundle(tmp_path / "other", dtype="float16", model=other_model())
         world.publish(other)
         result = client.sync()
     assert result.snapshot and result.model_bytes > 0 and result.model_version == 2
-    _assert_same_rows(_rows(client.bundle_path), _rows(other))
+    assert_same_rows(rows_of(client.bundle_path), rows_of(other))
 
 
 def test_a_partial_model_download_is_resumed_from_its_size(world, tmp_path) -> None:
-    published = Bundle.open(_catalog(tmp_path, "v1"))
+    published = Bundle.open(catalog(tmp_path, "v1"))
     world.publish(published)
     model = published.model
     downloads = world.root / "device" / "downloads"
@@ -167,14 +96,14 @@ def test_a_partial_model_download_is_resumed_from_its_size(world, tmp_path) -> N
 
 
 def test_a_recommender_swaps_during_sync_and_never_sees_a_mix(world, tmp_path) -> None:
-    world.publish(_catalog(tmp_path, "v1"))
+    world.publish(catalog(tmp_path, "v1"))
     with world.client() as client:
         client.sync()
         with Recommender.open(client.bundle_path) as recommender:
             history = ["m1", "m2", "m3"]
             before = recommender.recommend(history, k=5)
-            world.publish(_changed_catalog(tmp_path))
-            after_bundle = _changed_catalog(tmp_path)
+            world.publish(changed_catalog(tmp_path))
+            after_bundle = changed_catalog(tmp_path)
             with Recommender.open(after_bundle) as reference:
                 after = reference.recommend(history, k=5)
             seen: list[object] = []
@@ -199,7 +128,7 @@ def test_a_damaged_chunk_is_detected_and_fetched_again(tmp_path) -> None:
     store = SQLiteStore(tmp_path / "server.db")
     key = generate_key()
     token = issue_token(store, FAMILY, "device-1")
-    publish(store, Bundle.open(_catalog(tmp_path, "v1")), FAMILY, key)
+    publish(store, Bundle.open(catalog(tmp_path, "v1")), FAMILY, key)
     damaged: list[int] = []
 
     class Damaging(CatalogSyncServicer):
@@ -225,7 +154,7 @@ def test_a_damaged_chunk_is_detected_and_fetched_again(tmp_path) -> None:
         with client:
             result = client.sync()
     assert damaged == [1] and result.resumed_from == (1,)
-    _assert_same_rows(_rows(client.bundle_path), _rows(tmp_path / "v1"))
+    assert_same_rows(rows_of(client.bundle_path), rows_of(tmp_path / "v1"))
 
 
 def test_the_server_killed_mid_stream_is_resumed_from_the_last_chunk(tmp_path) -> None:
@@ -233,9 +162,9 @@ def test_the_server_killed_mid_stream_is_resumed_from_the_last_chunk(tmp_path) -
     store = SQLiteStore(db)
     key = generate_key()
     token = issue_token(store, FAMILY, "device-1")
-    publish(store, Bundle.open(_catalog(tmp_path, "v1")), FAMILY, key)
-    port = _free_port()
-    server = _server_process(db, port)
+    publish(store, Bundle.open(catalog(tmp_path, "v1")), FAMILY, key)
+    port = free_port()
+    server = server_process(db, port)
     restarted: list[subprocess.Popen] = []
 
     def kill_after_first(index: int, count: int) -> None:
@@ -243,7 +172,7 @@ def test_the_server_killed_mid_stream_is_resumed_from_the_last_chunk(tmp_path) -
             assert count > 2
             server.send_signal(signal.SIGKILL)
             server.wait()
-            restarted.append(_server_process(db, port))
+            restarted.append(server_process(db, port))
 
     try:
         with SyncClient(
@@ -262,28 +191,28 @@ def test_the_server_killed_mid_stream_is_resumed_from_the_last_chunk(tmp_path) -
             process.kill()
             process.wait()
     assert result.resumed_from and result.resumed_from[0] == 1
-    _assert_same_rows(_rows(client.bundle_path), _rows(tmp_path / "v1"))
+    assert_same_rows(rows_of(client.bundle_path), rows_of(tmp_path / "v1"))
 
 
 @pytest.mark.parametrize("tamper", ["unsigned", "wrongly signed", "changed after signing"])
 def test_a_bad_signature_is_refused_and_the_old_version_kept(world, tmp_path, tamper) -> None:
-    world.publish(_catalog(tmp_path, "v1"))
+    world.publish(catalog(tmp_path, "v1"))
     with world.client() as client:
         client.sync()
-        world.publish(_changed_catalog(tmp_path))
+        world.publish(changed_catalog(tmp_path))
         _tamper_latest_catalog(world.root / "server.db", tamper)
         with pytest.raises(SyncError, match="refused"):
             client.sync()
         assert client.versions() == (1, 1)
-    _assert_same_rows(_rows(client.bundle_path), _rows(tmp_path / "v1"))
+    assert_same_rows(rows_of(client.bundle_path), rows_of(tmp_path / "v1"))
 
 
 def test_an_older_signed_version_is_a_rollback_and_refused(world, tmp_path) -> None:
-    world.publish(_catalog(tmp_path, "v1"))
+    world.publish(catalog(tmp_path, "v1"))
     old_server = tmp_path / "old.db"
     with sqlite3.connect(world.root / "server.db") as live, sqlite3.connect(old_server) as copy:
         live.backup(copy)  # the store as it was at catalog version 1, WAL included
-    world.publish(_changed_catalog(tmp_path))
+    world.publish(changed_catalog(tmp_path))
     with world.client() as client:
         assert client.sync().catalog_version == 2
     replay = SQLiteStore(old_server)
@@ -306,7 +235,7 @@ def test_an_older_signed_version_is_a_rollback_and_refused(world, tmp_path) -> N
 
 
 def test_a_wrong_token_is_reported_and_nothing_changes(world, tmp_path) -> None:
-    world.publish(_catalog(tmp_path, "v1"))
+    world.publish(catalog(tmp_path, "v1"))
     client = SyncClient(
         world.target,
         token="not-a-token",
@@ -320,10 +249,10 @@ def test_a_wrong_token_is_reported_and_nothing_changes(world, tmp_path) -> None:
 
 
 def test_kill_9_of_the_device_mid_sync_leaves_a_valid_bundle_in_use(world, tmp_path) -> None:
-    world.publish(_catalog(tmp_path, "v1"))
+    world.publish(catalog(tmp_path, "v1"))
     with world.client() as client:
         client.sync()
-    world.publish(_changed_catalog(tmp_path))
+    world.publish(changed_catalog(tmp_path))
     script = (
         "import os, signal, sys\n"
         "from pocketrec.sdk.sync import SyncClient\n"
@@ -363,43 +292,6 @@ def _tamper_latest_catalog(db: Path, how: str) -> None:
         )
 
 
-def _other_model() -> bytes:
-    from _sdk_fixtures import fixed_batch_tower
-
-    return fixed_batch_tower()[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _server_process(db: Path, port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pocketrec.cli",
-            "serve",
-            "--store",
-            str(db),
-            "--port",
-            str(port),
-            "--chunk-bytes",
-            "512",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().decode()
-    assert "serving on" in line, line
-    time.sleep(0.05)
-    return process
-
-
 def test_the_command_line_runs_the_whole_loop(tmp_path, capsys) -> None:
     from pocketrec.cli import main
 
@@ -407,14 +299,14 @@ def test_the_command_line_runs_the_whole_loop(tmp_path, capsys) -> None:
     assert main(["keys", "generate", "--out", str(keys)]) == 0
     public_key = (keys / "publisher.pub").read_text().strip()
     assert public_key in capsys.readouterr().out
-    bundle = str(_catalog(tmp_path, "v1"))
+    bundle = str(catalog(tmp_path, "v1"))
     store_args = ["--store", str(db), "--family", FAMILY]
     assert main(["publish", bundle, *store_args, "--key", str(keys / "publisher.key")]) == 0
     assert main(["token", "issue", *store_args, "--device", "phone"]) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
     assert token.startswith("prt_")
-    port = _free_port()
-    server = _server_process(db, port)
+    port = free_port()
+    server = server_process(db, port)
     try:
         sync = [
             "sync",
