@@ -105,6 +105,8 @@ def run_sync_benchmark(config: SyncBenchConfig, work_dir: str | Path | None = No
                 full = client.sync()
                 publish(store, second, FAMILY, key)
                 delta = client.sync()
+                fresh = _publish_to_fresh(client, store, key, second, root, config)
+                upload = _upload_throughput(client, root, config)
     return {
         "config": config.__dict__,
         "machine": {
@@ -116,6 +118,60 @@ def run_sync_benchmark(config: SyncBenchConfig, work_dir: str | Path | None = No
         "full": _figures(full, config),
         "delta": _figures(delta, config),
         "changed_rows": len(changed),
+        "publish_to_fresh_seconds": round(fresh, 3),
+        "upload": upload,
+    }
+
+
+def _publish_to_fresh(
+    client: SyncClient,
+    store: Any,
+    key: Any,
+    current: Bundle,
+    root: Path,
+    config: SyncBenchConfig,
+) -> float:
+    """Seconds from `publish` of a catalog with one new item until a connected device's
+    `recommend` can return it (the background sync follows the watch stream)."""
+    from pocketrec.sdk import Recommender
+    from pocketrec.server.publish import publish
+
+    rng = np.random.default_rng(config.seed + 1)
+    vectors = np.concatenate(
+        [current.table.dequantized(), rng.standard_normal((1, config.dim)).astype(np.float32)]
+    )
+    ids = [*current.item_ids, "item-new"]
+    metadata = [{k: v for k, v in item.items() if k != "id"} for item in current.items]
+    third = current.with_items(
+        ItemTable.quantize(vectors, config.dtype), ids, [*metadata, {"title": "New item"}]
+    )
+    with Recommender.open(client.bundle_path, history_path=root / "fresh.db") as recommender:
+        client.start(recommender)
+        time.sleep(0.5)  # the watch stream is open
+        started = time.perf_counter()
+        publish(store, third, FAMILY, key)
+        while "item-new" not in recommender.item_ids:
+            if time.perf_counter() - started > 60:
+                raise RuntimeError("the device did not get the new item within 60 s")
+            time.sleep(0.005)
+        seconds = time.perf_counter() - started
+        client.stop()
+    return seconds
+
+
+def _upload_throughput(client: SyncClient, root: Path, config: SyncBenchConfig) -> dict:
+    """Events per second and bytes per event of uploading a queue of 20,000 events."""
+    from pocketrec.sdk import Recommender
+
+    with Recommender.open(client.bundle_path, history_path=root / "events.db") as recommender:
+        for i in range(20_000):
+            recommender.observe(f"user-{i % 500}", f"item-{i % config.items:07d}")
+        result = client.upload_events(recommender)
+    return {
+        "events": result.acknowledged,
+        "seconds": round(result.seconds, 3),
+        "events_per_second": round(result.acknowledged / result.seconds),
+        "bytes_per_event": round(result.request_bytes / result.acknowledged, 1),
     }
 
 
@@ -168,6 +224,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"{f['model_bytes']:,} | {f['batch_bytes']:,} | {f['vector_ratio']} | "
             f"{f['total_ratio']} |"
         )
+    upload = report["upload"]
+    lines += [
+        "",
+        f"publish to fresh (a new item until a watching device can recommend it): "
+        f"{report['publish_to_fresh_seconds']} s",
+        f"event upload: {upload['events']:,} events in {upload['seconds']} s, "
+        f"{upload['events_per_second']:,} events/s, {upload['bytes_per_event']} bytes/event",
+    ]
     return "\n".join(lines)
 
 
