@@ -174,7 +174,8 @@ class CatalogSyncServicer(sync_pb2_grpc.CatalogSyncServicer):
         self._store.record_seen(family, device, _now(), _running(request))
         watcher = self._watch.subscribe(family, self._max_watchers)
         try:
-            context.add_callback(watcher.wake)  # a cancelled stream stops waiting at once
+            if not context.add_callback(watcher.wake):  # a cancel then stops the wait at once
+                return  # the call has ended already
             period = self._heartbeat_ms / 1000
             versions = self._versions(family, device)
             yield self._update(versions, heartbeat=False)
@@ -455,6 +456,7 @@ class _ManifestWatch:
         self._counters: dict[str, int] | None = None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing = False  # logged once until a poll succeeds again
 
     @property
     def closed(self) -> bool:
@@ -512,8 +514,11 @@ class _ManifestWatch:
                 try:
                     counters = self._store.change_counters()
                 except Exception as error:  # a locked or busy store: try again next time
-                    LOGGER.warning("WatchManifest cannot poll the store: %s", error)
+                    if not self._failing:
+                        LOGGER.warning("WatchManifest cannot poll the store: %s", error)
+                    self._failing = True
                     continue
+                self._failing = False
                 changed = {
                     family
                     for family, counter in counters.items()
