@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         _register_bench_sync,
         _register_keys,
         _register_publish,
+        _register_rollout,
+        _register_rollback,
+        _register_pin,
+        _register_devices,
+        _register_events,
         _register_token,
         _register_serve,
     ):
@@ -766,7 +771,7 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- sync: keys, publish, tokens, serve -----------------------------------------------------
+# -- sync: keys, publish, rollout, devices, events, tokens, serve ---------------------------
 
 PRIVATE_KEY_FILE = "publisher.key"
 PUBLIC_KEY_FILE = "publisher.pub"
@@ -824,7 +829,8 @@ def _register_publish(subparsers: argparse._SubParsersAction) -> None:
             "when the model or table form is new, else a new catalog version holding only "
             'the changed rows. With --items (JSON Lines of {"id", "vector", metadata}, '
             "as `pocketrec embed-items` writes) and --delete, updates the latest catalog "
-            "instead. Every version is signed with --key."
+            "instead. Every version is signed with --key. With --fraction, the new version "
+            "goes to that share of the family's devices first (`pocketrec rollout` widens it)."
         ),
     )
     parser.add_argument("bundle", nargs="?", metavar="BUNDLE", help="bundle directory")
@@ -832,6 +838,11 @@ def _register_publish(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--key", required=True, metavar="KEYFILE", help="publisher.key (PEM)")
     parser.add_argument("--items", metavar="FILE", help="item vectors to add or replace")
     parser.add_argument("--delete", nargs="+", default=[], metavar="ID", help="ids to remove")
+    _add_fraction_argument(parser, "share of devices served the new version first")
+
+
+def _add_fraction_argument(parser: argparse.ArgumentParser, what: str, **kwargs: Any) -> None:
+    parser.add_argument("--fraction", type=float, metavar="F", help=f"{what}, in (0, 1]", **kwargs)
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -845,12 +856,200 @@ def _publish(args: argparse.Namespace) -> int:
     key = load_private_key(Path(args.key))
     items = read_items_jsonl(args.items, vectors=True) if args.items is not None else []
     bundle = Bundle.open(args.bundle) if args.bundle is not None else None
+    fraction = 1.0 if args.fraction is None else args.fraction
     with SQLiteStore(args.store) as store:
         if bundle is not None:
-            result = publish(store, bundle, args.family, key)
+            result = publish(store, bundle, args.family, key, fraction=fraction)
         else:
-            result = publish_items(store, args.family, items, key, delete=args.delete)
+            result = publish_items(
+                store, args.family, items, key, delete=args.delete, fraction=fraction
+            )
+    staged = result.published and fraction < 1
+    print(result.summary() + (f", served to {fraction:.0%} of devices" if staged else ""))
+    return 0
+
+
+def _existing_store(path: str) -> Path:
+    """``path`` when it is a file: control commands never create an empty store."""
+    if not Path(path).is_file():
+        raise CommandError(f"{path} does not exist; pass the --store the server serves")
+    return Path(path)
+
+
+def _register_rollout(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "rollout",
+        _rollout,
+        help="widen or narrow the share of devices served a catalog version",
+        description=(
+            "Serves --catalog-version to --fraction of the family's devices: a stable hashed "
+            "share, so widening only adds devices. A device outside every partial rollout "
+            "runs the newest version rolled out to all (fraction 1)."
+        ),
+    )
+    _add_store_arguments(parser)
+    parser.add_argument("--catalog-version", required=True, type=int, metavar="V")
+    _add_fraction_argument(parser, "share of devices served it", required=True)
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    require_extras("rollout", _SERVER)
+    from pocketrec.server import SQLiteStore, set_rollout
+
+    with SQLiteStore(_existing_store(args.store)) as store:
+        set_rollout(store, args.family, args.catalog_version, args.fraction)
+    print(
+        f"family {printable(args.family)}: catalog version {args.catalog_version} is served to "
+        f"{args.fraction:.0%} of devices"
+    )
+    return 0
+
+
+def _register_rollback(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "rollback",
+        _rollback,
+        help="publish an earlier catalog version's content again, as the next version",
+        description=(
+            "Devices refuse older signed versions, so a rollback signs the rows (and model) "
+            "of an earlier catalog version as the family's next version, served to every "
+            "device. Default --to: the newest version before the latest that every device "
+            "was served."
+        ),
+    )
+    _add_store_arguments(parser)
+    parser.add_argument("--key", required=True, metavar="KEYFILE", help="publisher.key (PEM)")
+    parser.add_argument("--to", type=int, metavar="V", help="the catalog version to go back to")
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    require_extras("rollback", _SERVER)
+    from pocketrec.sdk.catalog import load_private_key
+    from pocketrec.server import SQLiteStore, rollback
+
+    key = load_private_key(Path(args.key))
+    with SQLiteStore(_existing_store(args.store)) as store:
+        result = rollback(store, args.family, key, args.to)
     print(result.summary())
+    return 0
+
+
+def _register_pin(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "pin",
+        _pin,
+        help="hold a device at a catalog version, or release it",
+        description=(
+            "Pins --device to --catalog-version whatever is published or rolled out, until "
+            "--clear. A device refuses a version older than its own unless its app allows "
+            "rollback."
+        ),
+    )
+    _add_store_arguments(parser)
+    parser.add_argument("--device", required=True, metavar="NAME", help="the device's name")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--catalog-version", type=int, metavar="V")
+    target.add_argument("--clear", action="store_true", help="remove the device's pin")
+
+
+def _pin(args: argparse.Namespace) -> int:
+    require_extras("pin", _SERVER)
+    from pocketrec.server import SQLiteStore, pin
+
+    with SQLiteStore(_existing_store(args.store)) as store:
+        pin(store, args.family, args.device, None if args.clear else args.catalog_version)
+    where = "released" if args.clear else f"pinned to catalog version {args.catalog_version}"
+    print(f"device {printable(args.device)} of family {printable(args.family)}: {where}")
+    return 0
+
+
+def _register_devices(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "devices",
+        _devices,
+        help="list a family's devices: versions they run, last seen, pin, rollout bucket",
+        description=(
+            "One line per device with a token for --family: the model and catalog versions "
+            "it last said it runs, when it last called, its pin, and its rollout bucket (it "
+            "is served a partially rolled out version when bucket < fraction)."
+        ),
+    )
+    _add_store_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _devices(args: argparse.Namespace) -> int:
+    require_extras("devices", _SERVER)
+    from pocketrec.server import SQLiteStore, devices
+
+    with SQLiteStore(_existing_store(args.store)) as store:
+        listed = devices(store, args.family)
+    rows = [
+        {
+            "device": status.name,
+            "model_version": status.running_model_version,
+            "catalog_version": status.running_catalog_version,
+            "last_seen_at": status.last_seen_at,
+            "pinned_catalog_version": status.pinned_catalog_version,
+            "bucket": round(status.bucket, 4),
+            "revoked": status.revoked,
+        }
+        for status in listed
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'device':24} {'model':>5} {'catalog':>7}  {'last seen':25} {'pin':>5} {'bucket':>6}")
+    for row in rows:
+        pinned = "-" if row["pinned_catalog_version"] is None else row["pinned_catalog_version"]
+        print(
+            f"{printable(row['device'])[:24]:24} {row['model_version']:>5} "
+            f"{row['catalog_version']:>7}  {row['last_seen_at'] or 'never':25} {pinned:>5} "
+            f"{row['bucket']:>6.4f}" + ("  revoked" if row["revoked"] else "")
+        )
+    return 0
+
+
+def _register_events(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "events",
+        _events,
+        help="export the events devices uploaded, or delete a user's",
+        description=(
+            "`events export --out FILE` writes the family's events as CSV (user, item, "
+            "timestamp, model_version, catalog_version) for `pocketrec train --data FILE "
+            "--string-ids --time-col timestamp`. `events delete --user U` deletes every event "
+            "of U (the pseudonym devices send), from every device."
+        ),
+    )
+    parser.add_argument("action", choices=("export", "delete"))
+    _add_store_arguments(parser)
+    parser.add_argument("--out", metavar="FILE", help="export: the CSV file to write")
+    parser.add_argument("--user", metavar="U", help="delete: the user whose events go")
+
+
+def _events(args: argparse.Namespace) -> int:
+    require_extras("events", _SERVER)
+    needed = "--out" if args.action == "export" else "--user"
+    if getattr(args, needed[2:]) is None:
+        raise CommandError(f"`pocketrec events {args.action}` needs {needed}")
+    from pocketrec.server import SQLiteStore, delete_user_events, export_events
+
+    store_path = _existing_store(args.store)
+    if args.action == "export":
+        out = writable_dir(args.out, parent=True)
+        with SQLiteStore(store_path) as store:
+            count = export_events(store, args.family, out)
+        print(f"wrote {count} events to {out}")
+        return 0
+    with SQLiteStore(store_path) as store:
+        count = delete_user_events(store, args.family, args.user)
+    print(f"deleted {count} events of user {printable(args.user)}")
     return 0
 
 

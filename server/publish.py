@@ -5,6 +5,10 @@ table; a bundle of the family's latest model becomes a new catalog version holdi
 the rows that changed. Before signing, the bundle is put in the sync's canonical form (rows
 in id order, golden outputs recorded for that order, ``extra["sync"]`` naming the
 versions), which is exactly what a device rebuilds from the model and the rows.
+
+A version may be published to a share of the family's devices first (``fraction``, see
+`pocketrec.server.rollout`). Versions only move forward and devices refuse older signed
+versions, so `rollback` publishes an earlier version's content again as the next version.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ from pocketrec.sdk.catalog import (
     model_document,
 )
 from pocketrec.sdk.table import ItemTable
-from pocketrec.server.store import CatalogVersion, ModelVersion, Publication, SyncStore, TableForm
+from pocketrec.server.store import (
+    CatalogVersion,
+    ModelVersion,
+    Publication,
+    SyncStore,
+    TableForm,
+    checked_fraction,
+)
 
 
 @dataclass(frozen=True)
@@ -68,20 +79,30 @@ class PublishResult:
         )
 
 
-def publish(store: SyncStore, bundle: Bundle, family: str, key: Ed25519PrivateKey) -> PublishResult:
+def publish(
+    store: SyncStore,
+    bundle: Bundle,
+    family: str,
+    key: Ed25519PrivateKey,
+    *,
+    fraction: float = 1.0,
+) -> PublishResult:
     """Publishes ``bundle`` as the family's next catalog version (and model version).
 
     The same model as the latest, with the same table form (dtype, dimension, scale
     dtype), makes a catalog version diffed against the latest one; anything else makes a
     new model version with every row. Records are signed with ``key``, which must be the
     key the family was published with so far (devices hold its public half).
+    ``fraction`` (0 < fraction <= 1): the share of the family's devices served the new
+    version at first; `pocketrec.server.rollout.set_rollout` widens it later.
 
     Raises:
-        ValueError: for a bad family name.
+        ValueError: for a bad family name or fraction.
         SignatureError: if the family's latest catalog was signed by another key.
         StoreError: if another publish of the family committed meanwhile.
     """
     check_family(family)
+    checked_fraction(fraction)
     rows = Rows.of_bundle(bundle)
     form = TableForm.of(rows)
     latest = store.latest_catalog(family)
@@ -138,6 +159,7 @@ def publish(store: SyncStore, bundle: Bundle, family: str, key: Ed25519PrivateKe
         len(rows),
         form,
         SignedRecord.sign(catalog_document(family, model_version, catalog_version, canonical), key),
+        fraction,
     )
     store.commit(
         Publication(
@@ -166,8 +188,11 @@ def publish_items(
     items: Iterable[Mapping[str, Any]],
     key: Ed25519PrivateKey,
     delete: Iterable[str] = (),
+    *,
+    fraction: float = 1.0,
 ) -> PublishResult:
-    """Adds or replaces items of the family's latest catalog, and deletes ids.
+    """Adds or replaces items of the family's latest catalog, and deletes ids, as the next
+    catalog version served to ``fraction`` of the devices (see `publish`).
 
     Args:
         items: per item ``{"id": str, "vector": [D floats], **metadata}``: float32
@@ -204,7 +229,55 @@ def publish_items(
     model_bytes = store.read_model(family, model.model_version, 0, model.size_bytes)
     current = bundle_of(document, model_bytes, base)
     updated = current.with_items(rows.table(), rows.item_ids, rows.metadata)
-    return publish(store, updated, family, key)
+    return publish(store, updated, family, key, fraction=fraction)
+
+
+def rollback(
+    store: SyncStore,
+    family: str,
+    key: Ed25519PrivateKey,
+    to_catalog_version: int | None = None,
+) -> PublishResult:
+    """Publishes the content of an earlier catalog version again, as the family's next
+    signed version (with its model as a new model version when that differs from the
+    latest model), served to every device.
+
+    Versions only move forward and devices refuse older signed versions, so going back
+    means publishing the old rows anew. ``to_catalog_version`` defaults to the newest
+    version before the latest one that was rolled out to every device (fraction 1).
+
+    Raises:
+        ValueError: for a family with nothing to roll back to, or a version that is not
+            before the latest.
+        SignatureError: if the family's latest catalog was signed by another key.
+    """
+    fractions = store.catalog_fractions(check_family(family))
+    if len(fractions) < 2:
+        raise ValueError(
+            f"family {family!r} has {len(fractions)} catalog versions: nothing earlier to "
+            "roll back to"
+        )
+    latest = fractions[-1][0]
+    if to_catalog_version is None:
+        full = [version for version, fraction in fractions[:-1] if fraction >= 1.0]
+        if not full:
+            raise ValueError(
+                f"family {family!r} has no catalog version before {latest} that every device "
+                "was served; name the version to go back to (--to V)"
+            )
+        to_catalog_version = full[-1]
+    target = store.catalog(family, to_catalog_version)
+    if target is None or to_catalog_version >= latest:
+        raise ValueError(
+            f"family {family!r} can roll back to catalog versions 1 to {latest - 1}, not "
+            f"{to_catalog_version}"
+        )
+    model = store.model(family, target.model_version)
+    assert model is not None  # a catalog version always has its model version
+    model_bytes = store.read_model(family, model.model_version, 0, model.size_bytes)
+    rows = store.rows(family, target.catalog_version)
+    earlier = bundle_of(json.loads(target.record.record), model_bytes, rows)
+    return publish(store, earlier, family, key)
 
 
 def _check_signer(latest: CatalogVersion, key: Ed25519PrivateKey) -> None:

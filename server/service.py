@@ -5,6 +5,12 @@ chunks. Everything around a call lives in one interceptor: the device's bearer t
 checked (UNAUTHENTICATED), the request is parsed (INVALID_ARGUMENT for garbage), a refusal
 becomes its status with a message, an unexpected exception becomes INTERNAL (logged, never
 a crash), and every call ends in one log line: method, family, peer, status, milliseconds.
+
+WatchManifest streams share one thread that polls the store's change counters
+(`SyncStore.change_counters`, a single small query every `WATCH_POLL_S`) and wakes the
+streams of a family whose counter moved; each then recomputes its device's versions. So a
+publish by another process on the same store reaches connected devices within about one
+poll interval, and no stream queries the store while nothing changes.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from datetime import datetime, timezone
 from typing import Any
 
 import grpc
@@ -24,7 +31,9 @@ from grpc_reflection.v1alpha import reflection
 from pocketrec._log import LOGGER
 from pocketrec.proto import sync_pb2, sync_pb2_grpc
 from pocketrec.sdk.catalog import FAMILY_PATTERN, Rows, encode_batch
-from pocketrec.server.store import CatalogVersion, Device, SyncStore
+from pocketrec.server.events import MAX_EVENTS_PER_UPLOAD, MAX_ID_CHARS, event_problem
+from pocketrec.server.rollout import device_bucket, served_catalog
+from pocketrec.server.store import CatalogVersion, Device, Event, SyncStore
 from pocketrec.server.tokens import authenticate
 
 SERVICE_NAME = sync_pb2.DESCRIPTOR.services_by_name["CatalogSync"].full_name
@@ -33,6 +42,14 @@ SERVICE_NAME = sync_pb2.DESCRIPTOR.services_by_name["CatalogSync"].full_name
 CHUNK_BYTES = 1 << 20
 # Streams kept encoded for the next device that asks (versions never change): bytes.
 STREAM_CACHE_BYTES = 64 << 20
+# WatchManifest: the default most milliseconds between two messages of a stream, how often
+# the store is polled for changes, and how often a long stream refreshes its device's
+# last-seen time.
+HEARTBEAT_MS = 5000
+WATCH_POLL_S = 0.1
+SEEN_EVERY_S = 60.0
+# The largest version a store's signed 64-bit integers hold.
+_MAX_VERSION = 2**63 - 1
 
 
 class _Refused(Exception):
@@ -52,20 +69,44 @@ class CatalogSyncServicer(sync_pb2_grpc.CatalogSyncServicer):
     `STREAM_CACHE_BYTES`.
     """
 
-    def __init__(self, store: SyncStore, *, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(
+        self,
+        store: SyncStore,
+        *,
+        chunk_bytes: int = CHUNK_BYTES,
+        heartbeat_ms: int = HEARTBEAT_MS,
+        max_watchers: int = 8,
+    ) -> None:
         """``chunk_bytes``: most batch bytes per `ItemChunk` and model bytes per `ModelChunk`
-        (at most `CHUNK_BYTES`, which the contract promises; smaller in tests)."""
+        (at most `CHUNK_BYTES`, which the contract promises; smaller in tests).
+        ``heartbeat_ms``: most milliseconds between two WatchManifest messages.
+        ``max_watchers``: WatchManifest streams held at once (each holds a worker thread);
+        one more is refused with RESOURCE_EXHAUSTED, and its device polls instead."""
         if not 1 <= chunk_bytes <= CHUNK_BYTES:
             raise ValueError(f"chunk_bytes must be in [1, {CHUNK_BYTES}], got {chunk_bytes}")
+        if not 1 <= heartbeat_ms <= 3_600_000:
+            raise ValueError(f"heartbeat_ms must be in [1, 3600000], got {heartbeat_ms}")
+        if max_watchers < 0:
+            raise ValueError(f"max_watchers must be >= 0, got {max_watchers}")
         self._store = store
         self._chunk_bytes = chunk_bytes
+        self._heartbeat_ms = heartbeat_ms
+        self._max_watchers = max_watchers
         self._streams = _StreamCache(STREAM_CACHE_BYTES)
+        self._watch = _ManifestWatch(store, WATCH_POLL_S)
+
+    def close(self) -> None:
+        """Ends every WatchManifest stream (cleanly, status OK) and the thread polling the
+        store for them; new streams end after their first message."""
+        self._watch.close()
 
     def GetManifest(
         self, request: sync_pb2.GetManifestRequest, context: grpc.ServicerContext
     ) -> sync_pb2.GetManifestResponse:
         family = _allowed_family(request.family, context)
-        catalog = self._latest(family)
+        device = _device(context).name
+        self._store.record_seen(family, device, _now(), _running(request))
+        catalog = self._served(family, device)
         model = self._store.model(family, catalog.model_version)
         assert model is not None  # a catalog version always has its model version
         return sync_pb2.GetManifestResponse(
@@ -124,6 +165,119 @@ class CatalogSyncServicer(sync_pb2_grpc.CatalogSyncServicer):
             position += len(data)
             if position >= size or not context.is_active():
                 return
+
+    def WatchManifest(
+        self, request: sync_pb2.WatchManifestRequest, context: grpc.ServicerContext
+    ) -> Iterator[sync_pb2.ManifestUpdate]:
+        family = _allowed_family(request.family, context)
+        device = _device(context).name
+        self._store.record_seen(family, device, _now(), _running(request))
+        watcher = self._watch.subscribe(family, self._max_watchers)
+        try:
+            if not context.add_callback(watcher.wake):  # a cancel then stops the wait at once
+                return  # the call has ended already
+            period = self._heartbeat_ms / 1000
+            versions = self._versions(family, device)
+            yield self._update(versions, heartbeat=False)
+            beat = seen = time.monotonic()
+            while True:
+                woken = watcher.wait(max(0.0, beat + period - time.monotonic()))
+                if self._watch.closed or not context.is_active():
+                    return
+                if woken:
+                    watcher.clear()
+                    latest = self._versions(family, device)
+                    if latest == versions:
+                        continue  # another device's pin, or a version not rolled out to it
+                    versions = latest
+                yield self._update(versions, heartbeat=not woken)
+                beat = time.monotonic()
+                if beat - seen >= SEEN_EVERY_S:
+                    self._store.record_seen(family, device, _now())
+                    seen = beat
+        finally:
+            self._watch.unsubscribe(watcher)
+
+    def UploadEvents(
+        self, request: sync_pb2.UploadEventsRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.UploadEventsResponse:
+        family = _allowed_family(request.family, context)
+        if len(request.events) > MAX_EVENTS_PER_UPLOAD:
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(request.events)} events in one call; at most {MAX_EVENTS_PER_UPLOAD}: "
+                "upload them in batches",
+            )
+        latest = self._store.latest_catalog(family)
+        model_version, catalog_version = (
+            (0, 0) if latest is None else (latest.model_version, latest.catalog_version)
+        )
+        valid: dict[bytes, Event] = {}
+        rejected = []
+        for sent in request.events:
+            event = Event(
+                bytes(sent.event_id),
+                sent.user,
+                sent.item_id,
+                sent.timestamp_s,
+                sent.model_version,
+                sent.catalog_version,
+            )
+            problem = event_problem(event, model_version, catalog_version)
+            if problem is None:
+                valid.setdefault(event.event_id, event)
+            else:
+                rejected.append(sync_pb2.RejectedEvent(event_id=event.event_id, reason=problem))
+        stored_new = (
+            self._store.add_events(family, _device(context).name, list(valid.values()), _now())
+            if valid
+            else 0
+        )
+        return sync_pb2.UploadEventsResponse(
+            acknowledged_event_ids=list(valid), stored_new=stored_new, rejected=rejected
+        )
+
+    def DeleteUserEvents(
+        self, request: sync_pb2.DeleteUserEventsRequest, context: grpc.ServicerContext
+    ) -> sync_pb2.DeleteUserEventsResponse:
+        family = _allowed_family(request.family, context)
+        if not 1 <= len(request.user) <= MAX_ID_CHARS:
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"user must be 1 to {MAX_ID_CHARS} characters, got {len(request.user)}: send "
+                "the user as the events name it",
+            )
+        deleted = self._store.delete_events(family, request.user, _device(context).name)
+        return sync_pb2.DeleteUserEventsResponse(deleted=deleted)
+
+    # -- versions ----------------------------------------------------------------------------
+
+    def _served(self, family: str, device: str) -> CatalogVersion:
+        """The catalog version ``device`` should run (see `pocketrec.server.rollout`)."""
+        latest = self._latest(family)
+        catalog = served_catalog(self._store, family, device)
+        if catalog is None:
+            raise _Refused(
+                grpc.StatusCode.NOT_FOUND,
+                f"no catalog version of family {family!r} is rolled out to this device yet "
+                f"(catalog version {latest.catalog_version} reaches {latest.fraction:.0%} of "
+                f"devices; this one is at {device_bucket(family, device):.0%}); ask again "
+                "later, or widen the rollout (pocketrec rollout)",
+            )
+        return catalog
+
+    def _versions(self, family: str, device: str) -> tuple[int, int]:
+        """(model, catalog) versions ``device`` should run; (0, 0) while none is."""
+        catalog = served_catalog(self._store, family, device)
+        return (0, 0) if catalog is None else (catalog.model_version, catalog.catalog_version)
+
+    def _update(self, versions: tuple[int, int], *, heartbeat: bool) -> sync_pb2.ManifestUpdate:
+        return sync_pb2.ManifestUpdate(
+            model_version=versions[0],
+            catalog_version=versions[1],
+            heartbeat=heartbeat,
+            heartbeat_ms=self._heartbeat_ms,
+        )
 
     # -- item chunks -------------------------------------------------------------------------
 
@@ -271,6 +425,129 @@ class _StreamCache:
                 self._bytes -= sum(len(chunk.batch) for chunk in dropped)
 
 
+class _Watcher:
+    """One WatchManifest stream's wake-up call."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self._woken = threading.Event()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether it was woken (a change, a cancel, a stop) before ``timeout`` seconds."""
+        return self._woken.wait(timeout)
+
+    def clear(self) -> None:
+        self._woken.clear()
+
+
+class _ManifestWatch:
+    """Wakes the watchers of a family when its change counter moves; one polling thread
+    for all of them, running only while there are any."""
+
+    def __init__(self, store: SyncStore, poll_s: float) -> None:
+        self._store = store
+        self._poll_s = poll_s
+        self._lock = threading.Lock()
+        self._watchers: set[_Watcher] = set()
+        # The counters of the last poll; None while nobody watches (not polled then).
+        self._counters: dict[str, int] | None = None
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False  # logged once until a poll succeeds again
+
+    @property
+    def closed(self) -> bool:
+        return self._stopped.is_set()
+
+    def subscribe(self, family: str, limit: int) -> _Watcher:
+        """A watcher woken on every change of ``family`` from now on.
+
+        Raises:
+            _Refused: RESOURCE_EXHAUSTED when ``limit`` watchers exist already.
+        """
+        watcher = _Watcher(family)
+        with self._lock:
+            if len(self._watchers) >= limit:
+                raise _Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this server holds {len(self._watchers)} WatchManifest streams, its "
+                    "limit (serve(max_watchers=...)); poll GetManifest and watch again later",
+                )
+            if self._counters is None:
+                # Read before the stream computes its versions: a change after that read
+                # is then seen by the next poll.
+                self._counters = self._store.change_counters()
+            self._watchers.add(watcher)
+            if self._thread is None and not self.closed:
+                self._thread = threading.Thread(
+                    target=self._poll, name="pocketrec-sync-watch", daemon=True
+                )
+                self._thread.start()
+        if self.closed:
+            watcher.wake()
+        return watcher
+
+    def unsubscribe(self, watcher: _Watcher) -> None:
+        with self._lock:
+            self._watchers.discard(watcher)
+            if not self._watchers:
+                self._counters = None
+
+    def close(self) -> None:
+        """Wakes every watcher for good and ends the polling thread."""
+        self._stopped.set()
+        with self._lock:
+            watchers, thread = list(self._watchers), self._thread
+        for watcher in watchers:
+            watcher.wake()
+        if thread is not None:
+            thread.join()
+
+    def _poll(self) -> None:
+        while not self._stopped.wait(self._poll_s):
+            with self._lock:
+                if self._counters is None:
+                    continue
+                try:
+                    counters = self._store.change_counters()
+                except Exception as error:  # a locked or busy store: try again next time
+                    if not self._failing:
+                        LOGGER.warning("WatchManifest cannot poll the store: %s", error)
+                    self._failing = True
+                    continue
+                self._failing = False
+                changed = {
+                    family
+                    for family, counter in counters.items()
+                    if self._counters.get(family) != counter
+                }
+                self._counters = counters
+                woken = [w for w in self._watchers if w.family in changed]
+            for watcher in woken:
+                watcher.wake()
+
+
+def _running(
+    request: sync_pb2.GetManifestRequest | sync_pb2.WatchManifestRequest,
+) -> tuple[int, int]:
+    """The (model, catalog) versions a device says it runs."""
+    running = (request.running_model_version, request.running_catalog_version)
+    if max(running) > _MAX_VERSION:
+        raise _Refused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"running versions {running} are beyond any published version; send the "
+            "versions of the installed bundle (0 when there is none)",
+        )
+    return running
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def _allowed_family(family: str, context: grpc.ServicerContext) -> str:
     if not FAMILY_PATTERN.match(family):
         raise _Refused(
@@ -278,15 +555,21 @@ def _allowed_family(family: str, context: grpc.ServicerContext) -> str:
             f"a family is 1 to 64 characters of letters, digits, '.', '_' or '-'; got "
             f"{family[:80]!r}",
         )
-    device: Device | None = getattr(context, "device", None)
-    if device is None:  # fail closed if the servicer is ever served without the interceptor
-        raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "no authenticated device")
+    device = _device(context)
     if device.family != family:
         raise _Refused(
             grpc.StatusCode.PERMISSION_DENIED,
             f"this device's token is for family {device.family!r}, not {family!r}",
         )
     return family
+
+
+def _device(context: grpc.ServicerContext) -> Device:
+    """The device the interceptor authenticated for this call."""
+    device: Device | None = getattr(context, "device", None)
+    if device is None:  # fail closed if the servicer is ever served without the interceptor
+        raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "no authenticated device")
+    return device
 
 
 # -- around every call ---------------------------------------------------------------------
@@ -448,12 +731,14 @@ class SyncServer:
         self,
         server: grpc.Server,
         executor: futures.ThreadPoolExecutor,
+        servicer: CatalogSyncServicer,
         health_servicer: health.HealthServicer,
         host: str,
         port: int,
     ) -> None:
         self._server = server
         self._executor = executor
+        self._servicer = servicer
         self._health = health_servicer
         self.host = host
         self.port = port
@@ -464,10 +749,13 @@ class SyncServer:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def stop(self, grace: float = 5.0) -> None:
-        """Reports NOT_SERVING, refuses new calls, lets running calls finish for ``grace``
-        seconds, then cancels what is left."""
+        """Reports NOT_SERVING, refuses new calls, ends WatchManifest streams at once (they
+        never finish by themselves), lets other running calls finish for ``grace`` seconds,
+        then cancels what is left."""
         self._health.enter_graceful_shutdown()
-        self._server.stop(grace).wait()
+        stopped = self._server.stop(grace)
+        self._servicer.close()
+        stopped.wait()
         self._executor.shutdown(wait=False)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -488,26 +776,39 @@ def serve(
     *,
     max_workers: int = 16,
     chunk_bytes: int = CHUNK_BYTES,
+    heartbeat_ms: int = HEARTBEAT_MS,
+    max_watchers: int | None = None,
     servicer: type[CatalogSyncServicer] = CatalogSyncServicer,
 ) -> SyncServer:
     """Starts `CatalogSync`, grpc.health.v1 and reflection on ``host:port`` (0: any free).
 
     Plaintext: put TLS in front of it beyond a trusted network. ``max_workers`` bounds the
-    calls served at once (each stream holds one worker while it runs). ``servicer`` may
-    be a subclass that adds behaviour (metrics, fault injection in tests).
+    calls served at once (each stream holds one worker while it runs); WatchManifest
+    streams, which last, take at most ``max_watchers`` of them (default: half), so the
+    other calls always find a worker. ``heartbeat_ms``: most milliseconds between two
+    WatchManifest messages. ``servicer`` may be a subclass that adds behaviour (metrics,
+    fault injection in tests).
 
     Raises:
         OSError: if the address cannot be bound.
     """
+    if max_watchers is None:
+        max_watchers = max_workers // 2
+    if max_watchers >= max_workers:
+        raise ValueError(
+            f"max_watchers ({max_watchers}) must be below max_workers ({max_workers}): "
+            "watch streams would hold every worker and starve the other calls"
+        )
+    sync_servicer = servicer(
+        store, chunk_bytes=chunk_bytes, heartbeat_ms=heartbeat_ms, max_watchers=max_watchers
+    )
     executor = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="pocketrec-sync")
     server = grpc.server(
         executor,
         interceptors=[_SyncInterceptor(store)],
         options=[("grpc.so_reuseport", 0)],
     )
-    sync_pb2_grpc.add_CatalogSyncServicer_to_server(
-        servicer(store, chunk_bytes=chunk_bytes), server
-    )
+    sync_pb2_grpc.add_CatalogSyncServicer_to_server(sync_servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -526,4 +827,4 @@ def serve(
     server.start()
     for service in (SERVICE_NAME, ""):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return SyncServer(server, executor, health_servicer, host, bound)
+    return SyncServer(server, executor, sync_servicer, health_servicer, host, bound)

@@ -9,6 +9,10 @@ Rows are kept as row *versions*: a row is added in one catalog version and remov
 later one (replaced or deleted), or still live. The rows of any catalog version, and the
 changes between two catalog versions of one model, are read from them without storing a
 copy of the table per version.
+
+Beside the versions: each catalog version's rollout fraction, per-device pins and the
+versions each device last said it runs, and the interaction events devices upload (kept
+until deleted: nothing else about a device or its users is stored).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,8 +30,11 @@ import numpy as np
 
 from pocketrec.errors import PocketrecError
 from pocketrec.sdk.catalog import Rows, SignedRecord
+from pocketrec.server.rollout import device_bucket
 
-SCHEMA_VERSION = 1
+# 1: versions, rows and tokens (sync part 1a). 2: rollout fractions, pins, what devices
+# run, events; a schema 1 file gains them when opened.
+SCHEMA_VERSION = 2
 
 
 class StoreError(PocketrecError):
@@ -73,6 +80,8 @@ class CatalogVersion:
     item_count: int
     form: TableForm
     record: SignedRecord
+    fraction: float = 1.0
+    """The share of the family's devices it is served to (1.0: all; see `device_bucket`)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,54 @@ class Device:
     name: str
     created_at: str
     revoked_at: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    """What the store knows of one device of a family, for an operator.
+
+    Attributes:
+        revoked: whether every token of the device is revoked.
+        running_model_version, running_catalog_version: what the device last said it runs
+            (0: nothing, or it never asked).
+        last_seen_at: ISO-8601 UTC time of its last GetManifest or WatchManifest, or None.
+        pinned_catalog_version: the version an operator pinned it to, or None.
+    """
+
+    family: str
+    name: str
+    revoked: bool
+    running_model_version: int
+    running_catalog_version: int
+    last_seen_at: str | None
+    pinned_catalog_version: int | None
+
+    @property
+    def bucket(self) -> float:
+        """Its place in staged rollouts: served a version when below that version's fraction."""
+        return device_bucket(self.family, self.name)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction a device uploaded (sync.proto's ``Event``)."""
+
+    event_id: bytes
+    user: str
+    item_id: str
+    timestamp_s: float
+    model_version: int = 0
+    catalog_version: int = 0
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as stored: which device uploaded it, and when it arrived (ISO-8601 UTC)."""
+
+    family: str
+    device: str
+    received_at: str
+    event: Event
 
 
 class SyncStore(Protocol):
@@ -142,6 +199,57 @@ class SyncStore(Protocol):
 
     def revoke_devices(self, family: str, name: str) -> int:
         """Revokes every token of the device; how many were still valid."""
+
+    # -- rollout and pins
+
+    def rollout(self, family: str) -> list[tuple[int, float]]:
+        """(catalog version, fraction) from the newest version with fraction 1 up, newest
+        first: the versions a device without a pin may be served."""
+
+    def catalog_fractions(self, family: str) -> list[tuple[int, float]]:
+        """(catalog version, fraction) of every catalog version of the family, oldest first."""
+
+    def set_fraction(self, family: str, catalog_version: int, fraction: float) -> None:
+        """Raises:
+        StoreError: if the family has no such catalog version."""
+
+    def pinned(self, family: str, device: str) -> int | None:
+        """The catalog version ``device`` is pinned to, or None."""
+
+    def set_pin(self, family: str, device: str, catalog_version: int | None) -> None:
+        """Pins ``device`` to a catalog version, or removes its pin (None)."""
+
+    def record_seen(
+        self, family: str, device: str, seen_at: str, running: tuple[int, int] | None = None
+    ) -> None:
+        """Records that ``device`` called at ``seen_at`` and, unless None, the (model,
+        catalog) versions it runs."""
+
+    def device_statuses(self, family: str) -> list[DeviceStatus]:
+        """Every device with a token for the family (revoked ones too), by name."""
+
+    def change_counters(self) -> dict[str, int]:
+        """Per family, a number that changes whenever the versions its devices should run
+        may change (a publish, a rollout fraction, a pin), whoever wrote the change: the
+        server polls it to wake WatchManifest streams."""
+
+    # -- events
+
+    def add_events(
+        self, family: str, device: str, events: Sequence[Event], received_at: str
+    ) -> int:
+        """Stores the events in one transaction; an event id the family already holds is
+        kept as it is. How many were stored for the first time."""
+
+    def events(
+        self, family: str, *, user: str | None = None, device: str | None = None
+    ) -> Iterator[StoredEvent]:
+        """The family's events (of ``user``, uploaded by ``device``, when given), ordered by
+        timestamp then event id."""
+
+    def delete_events(self, family: str, user: str, device: str | None = None) -> int:
+        """Deletes the events of ``user`` (uploaded by ``device`` only, when given); how
+        many."""
 
     def close(self) -> None: ...
 
@@ -195,9 +303,62 @@ CREATE TABLE IF NOT EXISTS devices (
     revoked_at TEXT
 );
 """
+# Schema 2, one statement each (trigger bodies hold semicolons).
+_SCHEMA_2 = (
+    """CREATE TABLE IF NOT EXISTS device_status (
+    family TEXT NOT NULL,
+    name TEXT NOT NULL,
+    running_model_version INTEGER NOT NULL DEFAULT 0,
+    running_catalog_version INTEGER NOT NULL DEFAULT 0,
+    last_seen_at TEXT,
+    PRIMARY KEY (family, name)
+)""",
+    """CREATE TABLE IF NOT EXISTS pins (
+    family TEXT NOT NULL,
+    name TEXT NOT NULL,
+    catalog_version INTEGER NOT NULL,
+    PRIMARY KEY (family, name),
+    FOREIGN KEY (family, catalog_version) REFERENCES catalogs (family, catalog_version)
+)""",
+    """CREATE TABLE IF NOT EXISTS events (
+    family TEXT NOT NULL,
+    event_id BLOB NOT NULL,
+    device TEXT NOT NULL,
+    user TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    timestamp_s REAL NOT NULL,
+    model_version INTEGER NOT NULL,
+    catalog_version INTEGER NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (family, event_id)
+)""",
+    "CREATE INDEX IF NOT EXISTS events_by_time ON events (family, timestamp_s, event_id)",
+    "CREATE INDEX IF NOT EXISTS events_by_user ON events (family, user, device)",
+    # One counter per family, bumped by the database itself on whatever changes the
+    # versions devices should run, so a publish from another process is noticed too.
+    "CREATE TABLE IF NOT EXISTS changes (family TEXT PRIMARY KEY, counter INTEGER NOT NULL)",
+    *(
+        f"""CREATE TRIGGER IF NOT EXISTS {table}_{action.lower()}_changes
+    AFTER {action} ON {table} BEGIN
+    INSERT INTO changes (family, counter) VALUES ({row}.family, 1)
+    ON CONFLICT (family) DO UPDATE SET counter = counter + 1;
+END"""
+        for table, action, row in (
+            ("catalogs", "INSERT", "NEW"),
+            ("catalogs", "UPDATE", "NEW"),
+            ("pins", "INSERT", "NEW"),
+            ("pins", "UPDATE", "NEW"),
+            ("pins", "DELETE", "OLD"),
+        )
+    ),
+)
 _CATALOG_COLUMNS = (
     "family, catalog_version, model_version, item_count, dtype, dim, columns, scale_dtype, "
-    "record, signature"
+    "record, signature, fraction"
+)
+_EVENT_COLUMNS = (
+    "family, device, received_at, event_id, user, item_id, timestamp_s, model_version, "
+    "catalog_version"
 )
 _MODEL_COLUMNS = "family, model_version, sha256, size_bytes, record, signature"
 # A row version is live in catalog version :c when it was added by :c and not removed by it.
@@ -225,7 +386,7 @@ class SQLiteStore:
         try:
             with self._write() as db:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
+                if version > SCHEMA_VERSION:
                     raise StoreError(
                         f"{self._path} has store schema {version}; this pocketrec reads "
                         f"schema {SCHEMA_VERSION}. Upgrade pocketrec"
@@ -233,6 +394,7 @@ class SQLiteStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                _migrate_to_2(db)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -454,7 +616,8 @@ class SQLiteStore:
                 )
             form = catalog.form
             db.execute(
-                f"INSERT INTO catalogs ({_CATALOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO catalogs ({_CATALOG_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     family,
                     version,
@@ -466,6 +629,7 @@ class SQLiteStore:
                     form.scale_dtype,
                     catalog.record.record,
                     catalog.record.signature,
+                    checked_fraction(catalog.fraction),
                 ),
             )
             upserts = publication.upserts
@@ -529,9 +693,193 @@ class SQLiteStore:
             )
             return cursor.rowcount
 
+    # -- rollout and pins --------------------------------------------------------------------
+
+    def rollout(self, family: str) -> list[tuple[int, float]]:
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT catalog_version, fraction FROM catalogs WHERE family = :family AND "
+                "catalog_version >= coalesce((SELECT max(catalog_version) FROM catalogs "
+                "WHERE family = :family AND fraction >= 1.0), 0) ORDER BY catalog_version DESC",
+                {"family": family},
+            )
+            .fetchall()
+        )
+        return [(version, fraction) for version, fraction in rows]
+
+    def catalog_fractions(self, family: str) -> list[tuple[int, float]]:
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT catalog_version, fraction FROM catalogs WHERE family = ? "
+                "ORDER BY catalog_version",
+                (family,),
+            )
+            .fetchall()
+        )
+        return [(version, fraction) for version, fraction in rows]
+
+    def set_fraction(self, family: str, catalog_version: int, fraction: float) -> None:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE catalogs SET fraction = ? WHERE family = ? AND catalog_version = ?",
+                (checked_fraction(fraction), family, catalog_version),
+            )
+            if cursor.rowcount == 0:
+                raise StoreError(f"family {family!r} has no catalog version {catalog_version}")
+
+    def pinned(self, family: str, device: str) -> int | None:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT catalog_version FROM pins WHERE family = ? AND name = ?", (family, device)
+            )
+            .fetchone()
+        )
+        return None if row is None else int(row[0])
+
+    def set_pin(self, family: str, device: str, catalog_version: int | None) -> None:
+        with self._write() as db:
+            if catalog_version is None:
+                db.execute("DELETE FROM pins WHERE family = ? AND name = ?", (family, device))
+                return
+            try:
+                db.execute(
+                    "INSERT INTO pins (family, name, catalog_version) VALUES (?, ?, ?) "
+                    "ON CONFLICT (family, name) "
+                    "DO UPDATE SET catalog_version = excluded.catalog_version",
+                    (family, device, catalog_version),
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError(
+                    f"family {family!r} has no catalog version {catalog_version} to pin to"
+                ) from None
+
+    def record_seen(
+        self, family: str, device: str, seen_at: str, running: tuple[int, int] | None = None
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO device_status (family, name, last_seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (family, name) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+                (family, device, seen_at),
+            )
+            if running is not None:
+                db.execute(
+                    "UPDATE device_status SET running_model_version = ?, "
+                    "running_catalog_version = ? WHERE family = ? AND name = ?",
+                    (*running, family, device),
+                )
+
+    def device_statuses(self, family: str) -> list[DeviceStatus]:
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT d.name, min(d.revoked_at IS NOT NULL), "
+                "coalesce(s.running_model_version, 0), coalesce(s.running_catalog_version, 0), "
+                "s.last_seen_at, p.catalog_version FROM devices d "
+                "LEFT JOIN device_status s ON s.family = d.family AND s.name = d.name "
+                "LEFT JOIN pins p ON p.family = d.family AND p.name = d.name "
+                "WHERE d.family = ? GROUP BY d.name ORDER BY d.name",
+                (family,),
+            )
+            .fetchall()
+        )
+        return [
+            DeviceStatus(family, name, bool(revoked), model, catalog, seen, pin)
+            for name, revoked, model, catalog, seen, pin in rows
+        ]
+
+    def change_counters(self) -> dict[str, int]:
+        rows = self._connection().execute("SELECT family, counter FROM changes").fetchall()
+        return dict(rows)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def add_events(
+        self, family: str, device: str, events: Sequence[Event], received_at: str
+    ) -> int:
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany(
+                f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        family,
+                        device,
+                        received_at,
+                        event.event_id,
+                        event.user,
+                        event.item_id,
+                        event.timestamp_s,
+                        event.model_version,
+                        event.catalog_version,
+                    )
+                    for event in events
+                ),
+            )
+            return db.total_changes - before
+
+    def events(
+        self, family: str, *, user: str | None = None, device: str | None = None
+    ) -> Iterator[StoredEvent]:
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE family = ?"
+        arguments: list[Any] = [family]
+        for column, value in (("user", user), ("device", device)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                arguments.append(value)
+        if self._closed:
+            raise StoreError(f"the store {self._path} is closed")
+        # A connection of its own, one snapshot: the caller may use the store meanwhile.
+        with contextlib.closing(sqlite3.connect(self._path, isolation_level=None)) as db:
+            db.execute("BEGIN")
+            cursor = db.execute(query + " ORDER BY timestamp_s, event_id", arguments)
+            while batch := cursor.fetchmany(1000):
+                yield from _stored_events(batch)
+
+    def delete_events(self, family: str, user: str, device: str | None = None) -> int:
+        query, arguments = "DELETE FROM events WHERE family = ? AND user = ?", [family, user]
+        if device is not None:
+            query += " AND device = ?"
+            arguments.append(device)
+        with self._write() as db:
+            return db.execute(query, arguments).rowcount
+
+
+def _migrate_to_2(db: sqlite3.Connection) -> None:
+    """Adds what schema 2 has to a schema 1 (or new) store; a no-op on schema 2."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(catalogs)")}
+    if "fraction" not in columns:
+        db.execute("ALTER TABLE catalogs ADD COLUMN fraction REAL NOT NULL DEFAULT 1.0")
+    for statement in _SCHEMA_2:
+        db.execute(statement)
+
+
+def checked_fraction(fraction: float) -> float:
+    """``fraction`` as a float when it is a rollout fraction, in (0, 1].
+
+    Raises:
+        ValueError: otherwise (NaN included).
+    """
+    if not 0.0 < fraction <= 1.0:  # also refuses NaN
+        raise ValueError(
+            f"a rollout fraction is in (0, 1]: the share of devices served the version; got "
+            f"{fraction}"
+        )
+    return float(fraction)
+
+
+def _stored_events(rows: Iterable[Sequence[Any]]) -> Iterator[StoredEvent]:
+    for family, device, received, event_id, user, item_id, timestamp, model, catalog in rows:
+        event = Event(bytes(event_id), user, item_id, timestamp, model, catalog)
+        yield StoredEvent(family, device, received, event)
+
 
 def _catalog(row: Sequence[Any]) -> CatalogVersion:
-    family, version, model, count, dtype, dim, columns, scale_dtype, record, signature = row
+    family, version, model, count, dtype, dim, columns, scale_dtype, record, signature = row[:10]
     return CatalogVersion(
         family=family,
         catalog_version=version,
@@ -539,6 +887,7 @@ def _catalog(row: Sequence[Any]) -> CatalogVersion:
         item_count=count,
         form=TableForm(dtype, dim, columns, scale_dtype),
         record=SignedRecord(bytes(record), bytes(signature)),
+        fraction=row[10],
     )
 
 

@@ -25,6 +25,11 @@ COMMANDS = (
     "bench-sync",
     "keys",
     "publish",
+    "rollout",
+    "rollback",
+    "pin",
+    "devices",
+    "events",
     "token",
     "serve",
 )
