@@ -29,7 +29,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -163,6 +163,7 @@ class SyncClient:
         on_chunk: Callable[[int, int], None] | None = None,
         upload_batch: int = 500,
         watch_s: float = 300.0,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """Prepares a client; nothing is sent until `sync`.
 
@@ -182,6 +183,8 @@ class SyncClient:
             upload_batch: events per `UploadEvents` call (at most 1000).
             watch_s: how long one `WatchManifest` stream lasts before the background
                 thread opens the next (a dead connection is noticed sooner, by heartbeats).
+            channel_options: gRPC channel arguments, e.g. ``("grpc.http2.lookahead_bytes",
+                65536)`` to bound how far a stream runs ahead of what the device applied.
 
         Raises:
             ValueError: for a bad family, key, token or setting.
@@ -207,7 +210,7 @@ class SyncClient:
         self._on_chunk = on_chunk
         self._upload_batch = upload_batch
         self._watch_s = float(watch_s)
-        self._channel = grpc.insecure_channel(target)
+        self._channel = grpc.insecure_channel(target, options=list(channel_options))
         self._stub = sync_pb2_grpc.CatalogSyncStub(self._channel)
         # The bundle this client installed last, by its version directory: not re-read.
         self._installed: tuple[Path, _Held] | None = None

@@ -25,7 +25,8 @@ from _sync_fixtures import (
 from pocketrec.sdk import Bundle, Recommender
 from pocketrec.sdk.catalog import generate_key, public_key_hex
 from pocketrec.sdk.sync import SyncClient
-from pocketrec.server.publish import export_events, publish
+from pocketrec.server.events import export_events
+from pocketrec.server.publish import publish
 from pocketrec.server.store import SQLiteStore
 from pocketrec.server.tokens import issue_token
 
