@@ -162,6 +162,7 @@ class SyncClient:
         allow_rollback: bool = False,
         on_chunk: Callable[[int, int], None] | None = None,
         upload_batch: int = 500,
+        upload_every_s: float = 10.0,
         watch_s: float = 300.0,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
@@ -181,6 +182,8 @@ class SyncClient:
                 roll back by the app).
             on_chunk: called with (index, count) after each item chunk is applied.
             upload_batch: events per `UploadEvents` call (at most 1000).
+            upload_every_s: how often the background thread sends queued events (at each
+                heartbeat of the watch stream that comes this long after the last upload).
             watch_s: how long one `WatchManifest` stream lasts before the background
                 thread opens the next (a dead connection is noticed sooner, by heartbeats).
             channel_options: gRPC channel arguments, e.g. ``("grpc.http2.lookahead_bytes",
@@ -209,6 +212,8 @@ class SyncClient:
         self._allow_rollback = allow_rollback
         self._on_chunk = on_chunk
         self._upload_batch = upload_batch
+        self._upload_every_s = float(upload_every_s)
+        self._last_upload = 0.0
         self._watch_s = float(watch_s)
         self._channel = grpc.insecure_channel(target, options=list(channel_options))
         self._stub = sync_pb2_grpc.CatalogSyncStub(self._channel)
@@ -278,6 +283,7 @@ class SyncClient:
         totals = {"acknowledged": 0, "stored_new": 0, "rejected": 0, "request_bytes": 0}
         with self._upload_lock:
             self._upload(store, totals)
+            self._last_upload = time.monotonic()
         return UploadResult(**totals, seconds=time.perf_counter() - started)
 
     def _upload(self, store: HistoryStore, totals: dict[str, int]) -> None:
@@ -712,6 +718,8 @@ class SyncClient:
                 watchdog.heard(update.heartbeat_ms)
                 if (update.model_version, update.catalog_version) != self.versions():
                     self._sync_logged(recommender)
+                elif recommender is not None and self._upload_due():
+                    self._upload_logged(recommender)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or watchdog.fired:
                 raise
@@ -724,6 +732,17 @@ class SyncClient:
             self.sync(recommender)
         except SyncError as exc:
             LOGGER.warning("background sync failed: %s", exc)
+
+    def _upload_due(self) -> bool:
+        return time.monotonic() - self._last_upload >= self._upload_every_s
+
+    def _upload_logged(self, recommender: Recommender) -> None:
+        if not recommender.history.queue_length():
+            return
+        try:
+            self.upload_events(recommender)
+        except SyncError as exc:
+            LOGGER.warning("background upload failed: %s; the events stay queued", exc)
 
     def _after_failure(self, exc: grpc.RpcError, tries: int, method: str) -> int:
         """Waits before the next try of a retriable failure; raises otherwise."""

@@ -27,6 +27,7 @@ from pocketrec.sdk.catalog import generate_key, public_key_hex
 from pocketrec.sdk.sync import SyncClient
 from pocketrec.server.events import export_events
 from pocketrec.server.publish import publish
+from pocketrec.server.service import serve
 from pocketrec.server.store import SQLiteStore
 from pocketrec.server.tokens import issue_token
 
@@ -233,3 +234,28 @@ def test_a_device_outside_the_rollout_fraction_keeps_the_old_version(world, tmp_
         with client:
             versions[name] = client.sync().catalog_version
     assert versions == {inside: 2, outside: 1}
+
+
+def test_the_background_thread_uploads_new_events_on_its_own(tmp_path) -> None:
+    store = SQLiteStore(tmp_path / "server.db")
+    key = generate_key()
+    token = issue_token(store, FAMILY, "device-1")
+    publish(store, Bundle.open(catalog(tmp_path, "v1")), FAMILY, key)
+    with serve(store, port=0, heartbeat_ms=100) as server:
+        client = SyncClient(
+            f"127.0.0.1:{server.port}",
+            token=token,
+            public_key=public_key_hex(key),
+            family=FAMILY,
+            device_dir=tmp_path / "device",
+            upload_every_s=0.05,
+        )
+        with client:
+            client.sync()
+            with Recommender.open(client.bundle_path) as recommender:
+                client.start(recommender)
+                for i in range(5):
+                    recommender.observe("ann", f"m{i}")
+                _wait_for(lambda: recommender.history.queue_length() == 0, 5)
+                client.stop()
+    assert len(list(store.events(FAMILY))) == 5
