@@ -843,8 +843,23 @@ def _items_document(
     for item_id, meta in zip(ids, items_metadata, strict=True):
         if not isinstance(meta, Mapping) or "id" in meta:
             raise ValueError(f"metadata of item {item_id!r} must be a dict without 'id': {meta!r}")
-        items.append({"id": item_id, **_jsonable(dict(meta))})
+        if all(_plain_json(value) for value in meta.values()):
+            # Lists copied: the bundle must not change when the caller's metadata does.
+            copied = {k: list(v) if isinstance(v, list) else v for k, v in meta.items()}
+            items.append({"id": item_id, **copied})
+        else:
+            items.append({"id": item_id, **_jsonable(dict(meta))})
     return items
+
+
+def _plain_json(value: Any) -> bool:
+    """Whether ``value`` is JSON as it is (the common metadata: str, finite numbers, lists of
+    str): checked without rebuilding it, which `_jsonable` would do for 1M items."""
+    if isinstance(value, str | bool | int) or value is None:
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _jsonable(value: Any) -> Any:

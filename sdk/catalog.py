@@ -31,6 +31,8 @@ from pocketrec.sdk.table import ItemTable
 MODEL_KIND = "pocketrec.model"
 CATALOG_KIND = "pocketrec.catalog"
 FAMILY_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+# One encoder for every row's metadata: json.dumps would build one per call.
+_METADATA_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _ROW_DTYPES = {"float32": "<f4", "float16": "<f2", "int8": "i1", "int4": "u1"}
 
 
@@ -216,6 +218,8 @@ class Rows:
         values: the item table's stored values ``[N, C]`` (see `pocketrec.sdk.table`).
         scales: per-row scales ``[N]`` of int8/int4 tables, else None.
         dtype, dim: the table's stored form and vector dimension.
+        metadata_json: each ``metadata`` entry as JSON text, when a store already holds
+            it that way (a batch then sends it without encoding it again).
     """
 
     item_ids: tuple[str, ...]
@@ -224,6 +228,7 @@ class Rows:
     scales: np.ndarray | None
     dtype: str
     dim: int
+    metadata_json: tuple[str, ...] | None = None
 
     @classmethod
     def of_bundle(cls, bundle: Bundle) -> Rows:
@@ -282,6 +287,7 @@ class Rows:
     def take(self, rows: Sequence[int]) -> Rows:
         """The rows at positions ``rows`` (which must keep the id order)."""
         index = np.asarray(rows, dtype=np.int64)
+        texts = self.metadata_json
         return Rows(
             tuple(self.item_ids[r] for r in rows),
             tuple(self.metadata[r] for r in rows),
@@ -289,18 +295,32 @@ class Rows:
             None if self.scales is None else self.scales[index],
             self.dtype,
             self.dim,
+            None if texts is None else tuple(texts[r] for r in rows),
         )
 
     def changed_since(self, base: Rows) -> tuple[Rows, list[str]]:
         """What takes ``base`` to these rows: the new or changed rows, and the deleted ids."""
         old = {item_id: row for row, item_id in enumerate(base.item_ids)}
-        changed = []
-        for row, item_id in enumerate(self.item_ids):
-            before = old.get(item_id)
-            if before is None or not self._same_row(row, base, before):
-                changed.append(row)
-        kept = set(self.item_ids)
-        deleted = [item_id for item_id in base.item_ids if item_id not in kept]
+        here = [row for row, item_id in enumerate(self.item_ids) if item_id in old]
+        there = np.asarray([old[self.item_ids[row]] for row in here], dtype=np.int64)
+        mine = np.asarray(here, dtype=np.int64)
+        same = np.ones(len(here), dtype=bool)
+        if len(here) and self.values.shape[1:] == base.values.shape[1:]:
+            same &= (self.values[mine] == base.values[there]).all(axis=1)
+            if self.scales is not None and base.scales is not None:
+                same &= self.scales[mine] == base.scales[there]
+            elif (self.scales is None) != (base.scales is None):
+                same[:] = False
+        else:
+            same[:] = False
+        unchanged = {
+            int(row)
+            for row, other, kept in zip(mine, there, same, strict=True)
+            if kept and self.metadata[row] == base.metadata[other]
+        }
+        changed = [row for row in range(len(self.item_ids)) if row not in unchanged]
+        kept_ids = set(self.item_ids)
+        deleted = [item_id for item_id in base.item_ids if item_id not in kept_ids]
         return self.take(changed), deleted
 
     def applied(self, upserts: Rows, deleted: Iterable[str]) -> Rows:
@@ -341,15 +361,6 @@ class Rows:
             self.dim,
         )
 
-    def _same_row(self, row: int, other: Rows, other_row: int) -> bool:
-        if self.metadata[row] != other.metadata[other_row]:
-            return False
-        if not np.array_equal(self.values[row], other.values[other_row]):
-            return False
-        if self.scales is None or other.scales is None:
-            return self.scales is other.scales
-        return bool(self.scales[row] == other.scales[other_row])
-
 
 # -- item batches (ItemBatch in sync.proto) ------------------------------------------------
 
@@ -358,9 +369,9 @@ def encode_batch(upserts: Rows, deleted: Sequence[str] = ()) -> bytes:
     """``upserts`` and ``deleted`` as a serialised `ItemBatch`."""
     batch = sync_pb2.ItemBatch(
         item_ids=list(upserts.item_ids),
-        metadata_json=[
-            json.dumps(m, ensure_ascii=False, separators=(",", ":")) for m in upserts.metadata
-        ],
+        metadata_json=list(upserts.metadata_json)
+        if upserts.metadata_json is not None
+        else [_METADATA_ENCODER.encode(m) for m in upserts.metadata],
         values=np.ascontiguousarray(upserts.values.astype(_ROW_DTYPES[upserts.dtype])).tobytes(),
         scales=b""
         if upserts.scales is None

@@ -133,7 +133,13 @@ def publish(
         upserts, deleted = rows, []
         model_version = 1 if latest is None else latest.model_version + 1
     catalog_version = 1 if latest is None else latest.catalog_version + 1
-    canonical = bundle.with_items(rows.table(), rows.item_ids, rows.metadata).with_extra(
+    # Rows in id order are the sync's canonical form; reorder only a bundle not in it.
+    ordered = (
+        bundle
+        if rows.item_ids == bundle.item_ids
+        else bundle.with_items(rows.table(), rows.item_ids, rows.metadata)
+    )
+    canonical = ordered.with_extra(
         {
             **bundle.manifest["extra"],
             "sync": {

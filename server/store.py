@@ -942,4 +942,5 @@ def _rows(form: TableForm, records: Sequence[Sequence[Any]]) -> Rows:
         scales=scales,
         dtype=form.dtype,
         dim=form.dim,
+        metadata_json=tuple(r[3] for r in records),
     )
