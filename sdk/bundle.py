@@ -317,21 +317,16 @@ class Bundle:
 
     def with_metrics(self, metrics: Mapping[str, Any]) -> Bundle:
         """The same bundle with ``metrics`` in its manifest (e.g. once it was evaluated)."""
-        manifest = copy.deepcopy(self._manifest)
-        manifest["metrics"] = _jsonable(dict(metrics))
-        return Bundle(
-            manifest,
-            self._model,
-            self._table,
-            self._items,
-            source=self._source,
-            items_json=self._items_json,
-        )
+        return self._with_manifest_field("metrics", metrics)
 
     def with_extra(self, extra: Mapping[str, Any]) -> Bundle:
         """The same bundle with ``extra`` in its manifest (free-form, e.g. sync versions)."""
+        return self._with_manifest_field("extra", extra)
+
+    def _with_manifest_field(self, key: str, value: Mapping[str, Any]) -> Bundle:
+        # A free-form manifest field changes no file: every digest stays valid.
         manifest = copy.deepcopy(self._manifest)
-        manifest["extra"] = _jsonable(dict(extra))
+        manifest[key] = _jsonable(dict(value))
         return Bundle(
             manifest,
             self._model,
