@@ -327,28 +327,31 @@ class SyncClient:
                 raise SyncError("the server acknowledged none of a batch of events; retry later")
 
     def forget_user(self, recommender: Recommender, user: str | int) -> int:
-        """Deletes ``user``'s uploaded events on the server, then everything on the device.
+        """Deletes everything of ``user`` on the device, then what it uploaded to the server.
+
+        Uploads wait meanwhile, so no queued event of the user reaches the server after.
 
         Returns:
             How many uploaded events the server deleted.
 
         Raises:
-            SyncError: if the server cannot be reached or refuses; the device keeps the
-                user's data too, so a retry deletes both.
+            SyncError: if the server cannot be reached or refuses; the device's part is
+                done, and calling again deletes the server's part (the pseudonym stays).
         """
         request = sync_pb2.DeleteUserEventsRequest(
             family=self._family, user=recommender.upload_user(user)
         )
-        try:
-            response = self._retrying(
-                lambda: self._stub.DeleteUserEvents(
-                    request, timeout=self._deadline_s, metadata=self._metadata
-                ),
-                "DeleteUserEvents",
-            )
-        except grpc.RpcError as exc:
-            raise SyncError(_describe(exc)) from exc
-        recommender.forget(user)
+        with self._upload_lock:
+            recommender.forget(user)
+            try:
+                response = self._retrying(
+                    lambda: self._stub.DeleteUserEvents(
+                        request, timeout=self._deadline_s, metadata=self._metadata
+                    ),
+                    "DeleteUserEvents",
+                )
+            except grpc.RpcError as exc:
+                raise SyncError(_describe(exc)) from exc
         return int(response.deleted)
 
     def start(self, recommender: Recommender | None = None) -> None:
