@@ -1,10 +1,11 @@
 """On-device SDK: bundles, item tables, the LiteRT user tower and the `Recommender`.
 
-Needs only numpy, the LiteRT interpreter and sqlite3; never TensorFlow.
+Needs only numpy, the LiteRT interpreter and sqlite3; never TensorFlow. The sync client
+(`pocketrec.sdk.sync`, which adds grpc and cryptography) is imported on its own.
 """
 
 from pocketrec.sdk._encoding import encode_histories
-from pocketrec.sdk._history import HistoryStore
+from pocketrec.sdk._history import HistoryStore, QueuedEvent
 from pocketrec.sdk._runtime import UserTower, model_op_types
 from pocketrec.sdk.bundle import (
     FORMAT_VERSION,
@@ -33,6 +34,7 @@ __all__ = [
     "Bundle",
     "HistoryStore",
     "ItemTable",
+    "QueuedEvent",
     "Recommendation",
     "Recommendations",
     "Recommender",
