@@ -17,6 +17,7 @@ from pocketrec.sdk.bundle import (
 )
 from pocketrec.sdk.contract import QUANTIZATIONS, SIGNATURE_KEY, TABLE_DTYPES
 from pocketrec.sdk.recommender import (
+    Filters,
     Recommendation,
     Recommendations,
     Recommender,
@@ -31,6 +32,7 @@ __all__ = [
     "SIGNATURE_KEY",
     "TABLE_DTYPES",
     "Bundle",
+    "Filters",
     "HistoryStore",
     "ItemTable",
     "Recommendation",
