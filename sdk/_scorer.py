@@ -88,6 +88,8 @@ class Scorer:
             self._masked = masked["index"]
             # The arena starts uninitialised; `_run` keeps the mask at zero between calls.
             self._interpreter.tensor(self._mask)()[:] = 0.0
+            # The first call packs the weights for XNNPACK: pay it here, before serving.
+            self._run(np.zeros(table.dim, dtype=np.float32), 1, (), None)
 
     def scores(self, user_vector: np.ndarray) -> np.ndarray:
         """This kernel's scores float32 ``[N]`` of every row for one user vector ``[D]``.
@@ -221,7 +223,8 @@ def scorer_model(table: ItemTable) -> bytes:
     model.subgraphs, model.buffers = [subgraph], buffers
     builder = flatbuffers.Builder(weights.nbytes + 4096)
     builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
-    return bytes(builder.Output())
+    # One copy of the finished bytes (``Output()`` would slice, then ``bytes`` copy again).
+    return bytes(memoryview(builder.Bytes)[builder.Head() :])
 
 
 def _weights(table: ItemTable) -> tuple[np.ndarray, schema.QuantizationParametersT | None]:
