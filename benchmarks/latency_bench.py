@@ -201,8 +201,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(measure(num_items, dtype, calls)))
         return
     coretype = os.environ.get("OPENBLAS_CORETYPE")
-    print(f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, ")
-    print(f"OPENBLAS_CORETYPE={'unset' if coretype is None else coretype}; one thread; k=10")
+    print(
+        f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"OPENBLAS_CORETYPE={'unset' if coretype is None else coretype}; one thread; k=10"
+    )
     print(
         f"{'N':>9} {'dtype':>7} {'kernel':>6} {'rec p50':>8} {'rec p99':>8} {'tower':>7} "
         f"{'score':>7} {'numpy':>8} {'build':>8} {'+RSS':>6} {'peak':>6} {'top10':>6}"
