@@ -18,6 +18,7 @@ from pocketrec.sdk.bundle import (
 )
 from pocketrec.sdk.contract import QUANTIZATIONS, SIGNATURE_KEY, TABLE_DTYPES
 from pocketrec.sdk.recommender import (
+    Filters,
     Recommendation,
     Recommendations,
     Recommender,
@@ -32,6 +33,7 @@ __all__ = [
     "SIGNATURE_KEY",
     "TABLE_DTYPES",
     "Bundle",
+    "Filters",
     "HistoryStore",
     "ItemTable",
     "QueuedEvent",
