@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import flatbuffers
-import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-_FILE_IDENTIFIER = b"TFL3"
+from pocketrec.sdk.flatbuffer import FILE_IDENTIFIER, AlignedBuffer
+
 # The converter records its options here; no runtime reads it.
 _CONVERSION_METADATA = b"CONVERSION_METADATA"
-# The schema asks for constant buffers aligned to 16 bytes (``force_align: 16``), which the
-# generated Python packer does not honour.
-_BUFFER_ALIGNMENT = 16
 
 
 def strip_names(model: bytes) -> bytes:
@@ -35,28 +32,7 @@ def strip_names(model: bytes) -> bytes:
             if (index, tensor_index) not in kept:
                 tensor.name = None
     parsed.metadata = [m for m in parsed.metadata or [] if m.name != _CONVERSION_METADATA]
-    parsed.buffers = [_AlignedBuffer(buffer.data) for buffer in parsed.buffers]
+    parsed.buffers = [AlignedBuffer(buffer.data) for buffer in parsed.buffers]
     builder = flatbuffers.Builder(len(model))
-    builder.Finish(parsed.Pack(builder), file_identifier=_FILE_IDENTIFIER)
+    builder.Finish(parsed.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
-
-
-class _AlignedBuffer(schema.BufferT):
-    """A constant buffer whose bytes start on a 16-byte boundary of the file."""
-
-    def __init__(self, data: np.ndarray | None) -> None:
-        super().__init__()
-        self.data = data
-
-    def Pack(self, builder: flatbuffers.Builder) -> int:
-        data = None
-        if self.data is not None and len(self.data):
-            raw = np.asarray(self.data, dtype=np.uint8).tobytes()
-            builder.StartVector(1, len(raw), _BUFFER_ALIGNMENT)
-            builder.head -= len(raw)
-            builder.Bytes[builder.head : builder.head + len(raw)] = raw
-            data = builder.EndVector()
-        schema.BufferStart(builder)
-        if data is not None:
-            schema.BufferAddData(builder, data)
-        return schema.BufferEnd(builder)
