@@ -168,13 +168,11 @@ def test_a_connected_device_learns_of_a_publish_through_the_watch_stream(world, 
         client.start(recommender)
         _wait_for(lambda: recommender.versions == (1, 1), 5)
         time.sleep(0.2)  # the watch stream is open
-        started = time.perf_counter()
         world.publish(changed_catalog(tmp_path))
+        # No poll would come for minutes (watch_s): only the stream can bring it this soon.
         _wait_for(lambda: "m-new" in recommender.recommend(k=50).item_ids, 5)
-        fresh = time.perf_counter() - started
         client.stop()
         assert recommender.versions == (1, 2)
-    assert fresh < 2.0
 
 
 def test_the_watch_stream_reconnects_to_a_restarted_server(tmp_path) -> None:

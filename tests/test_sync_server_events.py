@@ -378,11 +378,14 @@ def test_a_watch_stream_sends_the_versions_at_once_then_heartbeats(store, stub, 
     assert (now.model_version, now.catalog_version, now.heartbeat) == (1, 1, False)
     assert (beat.model_version, beat.catalog_version, beat.heartbeat) == (1, 1, True)
     assert now.heartbeat_ms == beat.heartbeat_ms == 200
-    assert 0.15 < time.monotonic() - started < 2.0
+    # The heartbeat follows its period (200 ms), not the next 5 s default.
+    assert 0.15 < time.monotonic() - started < 4.0
     stream.cancel()
 
 
-def test_a_publish_reaches_a_watching_device_within_a_second(store, stub, first, second, key):
+def test_a_publish_reaches_a_watching_device_before_the_next_heartbeat(
+    store, stub, first, second, key
+):
     publish(store, first, FAMILY, key)
     stream = watch(stub, token(store, "phone"))
     assert next(stream).catalog_version == 1
@@ -392,7 +395,8 @@ def test_a_publish_reaches_a_watching_device_within_a_second(store, stub, first,
     update, arrived = first_change(stream, (1, 1))
 
     assert (update.model_version, update.catalog_version, update.heartbeat) == (1, 2, False)
-    assert arrived - published < 1.0
+    # Woken by the store's change counter, not by the next heartbeat (5 s away).
+    assert arrived - published < 2.5
     stream.cancel()
 
 
@@ -421,7 +425,8 @@ def test_a_publish_from_another_process_reaches_a_watching_device(
     assert done.returncode == 0, done.stderr
     ((update, arrived),) = arrivals
     assert update.catalog_version == 2
-    assert arrived - published < 1.0  # negative when it came before the process exited
+    # Well before the next heartbeat (5 s); negative when it came before the process exited.
+    assert arrived - published < 2.5
     stream.cancel()
 
 
@@ -452,7 +457,7 @@ def test_stop_ends_open_watch_streams_promptly(store, first, key):
         stopped = time.monotonic() - started
 
         assert [list(s) for s in streams] == [[], [], []]  # ended with status OK
-    assert stopped < 1.0
+    assert stopped < 3.0  # not the 5 s heartbeat nor the 10 s grace
 
 
 def test_watch_streams_beyond_the_limit_are_refused_and_a_cancelled_one_frees_its_place(
