@@ -226,7 +226,7 @@ def test_a_file_locked_by_another_process_fails_fast_and_the_store_recovers(tmp_
             start = time.monotonic()
             with pytest.raises(HistoryStoreError, match="locked by another process") as caught:
                 store.append(user, "b")
-            assert time.monotonic() - start < BUSY_TIMEOUT_S + 1.0
+            assert time.monotonic() - start < BUSY_TIMEOUT_S + 2.5  # not the 5 s sqlite3 default
             assert str(path) in str(caught.value)
         assert store.recent("u", 10) == ["a"]  # readers are not blocked
         other.execute("COMMIT")
@@ -247,7 +247,7 @@ def test_opening_a_file_another_process_holds_exclusively_fails_fast(tmp_path) -
     start = time.monotonic()
     with pytest.raises(HistoryStoreError, match="locked by another process"):
         HistoryStore(path)
-    assert time.monotonic() - start < BUSY_TIMEOUT_S + 1.0
+    assert time.monotonic() - start < BUSY_TIMEOUT_S + 2.5  # not the 5 s sqlite3 default
     other.execute("ROLLBACK")
     other.close()
     with HistoryStore(path) as store:
