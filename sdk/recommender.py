@@ -256,7 +256,8 @@ class Recommender:
 
         Scores come from the serving table's scorer: on catalogs large enough, a LiteRT
         graph built from the table, whose int8/int4 kernels also quantize the user vector
-        to int8 (scores within about 1% of `score_rows`; near-ties may swap).
+        to int8 (scores within about 1% of `ItemTable.scores`; near-ties may swap).
+        `score_rows` gives the same kernel's scores.
 
         Raises:
             ValueError: for a bad ``k``, or after `close`.
@@ -353,7 +354,8 @@ class Recommender:
         """Scores float32 ``[B, N]`` of every item for histories of table rows.
 
         The ``score_fn`` of `pocketrec.evaluation.evaluate`, so bundles are evaluated with
-        the same protocol as the models they came from.
+        the same protocol as the models they came from. Scored by the same kernel as
+        `recommend` (`Scorer.score_batch`), so evaluation measures what users are served.
         """
         return _scores(self._current(), histories)
 
@@ -439,7 +441,7 @@ def _user_vectors(serving: _Serving, histories_rows: Sequence[Sequence[int]]) ->
 
 
 def _scores(serving: _Serving, histories_rows: Sequence[Sequence[int]]) -> np.ndarray:
-    return serving.table.scores(_user_vectors(serving, histories_rows))
+    return serving.scorer.score_batch(_user_vectors(serving, histories_rows))
 
 
 def _allowed_rows(serving: _Serving, filters: Filters) -> set[int] | None:

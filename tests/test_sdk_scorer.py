@@ -8,7 +8,7 @@ from _sdk_fixtures import GENRES, item_ids, items_metadata, write_tiny_bundle
 
 from pocketrec.sdk import TABLE_DTYPES, Filters, ItemTable, Recommender
 from pocketrec.sdk._runtime import model_op_types
-from pocketrec.sdk._scorer import GRAPH_MIN_ITEMS, Scorer
+from pocketrec.sdk._scorer import BATCH_ROWS, GRAPH_MIN_ITEMS, Scorer, scorer_model
 
 # The dynamic-range kernels quantize the user vector to int8: a score may move by about
 # half a step of it per dimension, well under 2% of the largest score.
@@ -51,6 +51,33 @@ def test_graph_scores_match_the_dequantized_table(dtype: str, dim: int) -> None:
         np.testing.assert_allclose(
             scores, reference, rtol=0, atol=TOLERANCE[dtype] * np.abs(reference).max()
         )
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", TABLE_DTYPES)
+def test_score_batch_rows_are_exactly_the_kernels_scores_of_each_user(
+    dtype: str, kernel: str
+) -> None:
+    table = _table(3000, 33, dtype, seed=3)
+    scorer = Scorer(table, kernel=kernel)
+    # More users than one batch call takes: a full chunk and a zero-padded partial one.
+    users = np.random.default_rng(5).standard_normal((BATCH_ROWS + 7, 33)).astype(np.float32)
+    batch = scorer.score_batch(users)
+    assert batch.shape == (len(users), 3000) and batch.dtype == np.float32
+    for user, row in zip(users, batch, strict=True):
+        if kernel == "graph":
+            np.testing.assert_array_equal(row, scorer.scores(user))
+        else:  # BLAS sums a matrix product in another order than a vector product
+            np.testing.assert_allclose(row, scorer.scores(user), rtol=0, atol=1e-5 * row.max())
+    assert scorer.score_batch(users[:0]).shape == (0, 3000)
+    with pytest.raises(ValueError, match=r"user_vectors must have shape \[B, 33\]"):
+        scorer.score_batch(users[:, :8])
+
+
+@pytest.mark.parametrize("dtype", TABLE_DTYPES)
+def test_the_batch_graph_is_the_fully_connected_alone(dtype: str) -> None:
+    ops = model_op_types(scorer_model(_table(2000, 8, dtype), batch=BATCH_ROWS))
+    assert ops == (["DEQUANTIZE"] if dtype == "float16" else []) + ["FULLY_CONNECTED"]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -130,6 +157,17 @@ def test_recommend_on_a_graph_scored_catalog_equals_brute_force(large_int8_bundl
             assert result.item_ids == [
                 ids[r] for r in _brute_force_top(scores, 10, set(rows), comedy)
             ]
+
+
+def test_score_rows_gives_the_scores_recommend_ranks_by(large_int8_bundle) -> None:
+    with Recommender.open(large_int8_bundle) as rec:
+        histories = [[], [3, 40], [7, 1, 2999]]
+        scores = rec.score_rows(histories)
+        for history, row in zip(histories, scores, strict=True):
+            top = rec.recommend([rec.item_ids[r] for r in history], k=10)
+            expected = _brute_force_top(row, 10, set(history))
+            assert top.item_ids == [rec.item_ids[r] for r in expected]
+            np.testing.assert_array_equal([i.score for i in top.items], row[expected])
 
 
 def test_filters_allow_list_and_predicate_combine(tmp_path) -> None:
