@@ -126,7 +126,9 @@ def _rss_mb(field: str = "VmHWM") -> float:
     return float("nan")
 
 
-def measure(num_items: int, dtype: str, calls: int, seed: int = 0) -> dict[str, float]:
+def measure(
+    num_items: int, dtype: str, calls: int, seed: int = 0, *, approximate: bool = False
+) -> dict[str, object]:
     """Every figure of one catalog size and table dtype (run it in a fresh process)."""
     vectors = table_vectors(num_items, DIM, seed)
     table = ItemTable.quantize(vectors, dtype)
@@ -176,9 +178,30 @@ def measure(num_items: int, dtype: str, calls: int, seed: int = 0) -> dict[str, 
         got = {int(i[1:]) for i in rec.recommend([ids[r] for r in h], k=10).item_ids}
         agreement.append(len(reference & got))
     result["top10_agreement"] = float(np.mean(agreement))
+    if approximate:
+        result["approximate"] = _measure_approximate(rec, id_histories, calls)
     result["peak_rss_mb"] = _rss_mb()
     rec.close()
     return result
+
+
+def _measure_approximate(
+    rec: Recommender, id_histories: list[list[str]], calls: int
+) -> dict[str, object]:
+    """HNSW `recommend(approximate=True)`: build time, p50/p99, recall@10 vs exact."""
+    began = time.perf_counter()
+    rec.recommend(id_histories[0], k=10, approximate=True)
+    build_s = time.perf_counter() - began
+    timing = timed(lambda i: rec.recommend(id_histories[i % 64], k=10, approximate=True), calls)
+    recall = [
+        len(
+            set(rec.recommend(h, k=10).item_ids)
+            & set(rec.recommend(h, k=10, approximate=True).item_ids)
+        )
+        / 10
+        for h in id_histories
+    ]
+    return {"build_s": build_s, "recommend": timing, "recall_at_10": float(np.mean(recall))}
 
 
 def measure_bundle(path: Path, calls: int, seed: int = 0) -> dict[str, object]:
@@ -212,6 +235,7 @@ class LatencyConfig:
     calls_1m: int = 300
     baselines: Sequence[str] = BASELINES
     bundle: Path | None = None
+    approximate: bool = False
 
 
 @dataclass
@@ -263,6 +287,8 @@ def run_latency(config: LatencyConfig, report: Callable[[str], None] = print) ->
             f"sizes must be >= 1000 items and calls >= 1, got sizes {list(config.sizes)}, "
             f"calls {config.calls} and {config.calls_1m}"
         )
+    if config.approximate and importlib.util.find_spec("hnswlib") is None:
+        raise ValueError("--approximate needs hnswlib: pip install 'pocketrec[ann]'")
     if config.bundle is not None and not (Path(config.bundle) / "manifest.json").is_file():
         raise ValueError(
             f"--bundle {config.bundle} is not a bundle directory (no manifest.json); pass "
@@ -284,10 +310,15 @@ def run_latency(config: LatencyConfig, report: Callable[[str], None] = print) ->
         calls = config.calls_1m if num_items >= 1_000_000 else config.calls
         for dtype in config.dtypes:
             arguments = ["pocketrec.benchmarks.latency_bench", "--one", str(num_items), dtype]
-            row = _child([*arguments, "--calls", str(calls), "--calls-1m", str(calls)])
+            arguments += ["--calls", str(calls), "--calls-1m", str(calls)]
+            if config.approximate and dtype == "int8":
+                arguments.append("--approximate")
+            row = _child(arguments)
             row.update(num_items=num_items, dtype=dtype)
             results.rows.append(row)
             report(_row_line(row))
+            if "approximate" in row:
+                report(_approximate_line(row))
         for name in baselines:
             arguments = ["pocketrec.benchmarks.latency_baselines", name, str(num_items)]
             baseline = _child([*arguments, "--dim", str(DIM), "--calls", str(calls)])
@@ -345,6 +376,15 @@ def _row_line(r: dict) -> str:
         f"{r['numpy_scoring']['p50_us'] / 1e3:>6.3f}ms {r['build_ms']:>6.1f}ms "
         f"{r['scorer_rss_mb']:>6.0f} {r['peak_rss_mb']:>6.0f} "
         f"{r['top10_agreement']:>6.2f}"
+    )
+
+
+def _approximate_line(row: dict) -> str:
+    a = row["approximate"]
+    return (
+        f"{row['num_items']:>9} {'hnsw':>7} approximate=True: recommend p50 "
+        f"{a['recommend']['p50_us'] / 1e3:.3f}ms p99 {a['recommend']['p99_us'] / 1e3:.3f}ms, "
+        f"recall@10 vs exact {a['recall_at_10']:.3f}, index built in {a['build_s']:.1f}s"
     )
 
 
@@ -449,6 +489,10 @@ def write_results(results: LatencyResults, out: Path) -> None:
             f"| {r['numpy_scoring']['p50_us'] / 1e3:.3f} ms | {r['build_ms']:.1f} ms "
             f"| {r['scorer_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['top10_agreement']:.2f} |"
         )
+    approximate = [r for r in results.rows if "approximate" in r]
+    if approximate:
+        lines += ["", "## Approximate (HNSW, int8 table)", "", "```"]
+        lines += [_approximate_line(r) for r in approximate] + ["```"]
     if results.baselines:
         lines += ["", "## Baselines (scoring + top-10, one thread)", ""]
         lines += ["| N | baseline | p50 | p99 | prepared in |", "|---|---|---|---|---|"]
@@ -490,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--calls-1m", type=int, default=300, help="timed calls at >= 1M items")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES))
     parser.add_argument("--bundle", type=Path, help="also time recommend on this bundle")
+    parser.add_argument(
+        "--approximate", action="store_true", help="also time HNSW recommend (int8 rows)"
+    )
     parser.add_argument("--out", type=Path, help="write latency.json and latency.md here")
     parser.add_argument("--one", nargs=2, metavar=("N", "DTYPE"), help=argparse.SUPPRESS)
     parser.add_argument("--bundle-one", type=Path, help=argparse.SUPPRESS)
@@ -497,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.one:
         num_items, dtype = int(args.one[0]), args.one[1]
         calls = args.calls_1m if num_items >= 1_000_000 else args.calls
-        print(json.dumps(measure(num_items, dtype, calls)))
+        print(json.dumps(measure(num_items, dtype, calls, approximate=args.approximate)))
         return
     if args.bundle_one:
         print(json.dumps(measure_bundle(args.bundle_one, args.calls)))
@@ -509,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         calls_1m=args.calls_1m,
         baselines=args.baselines,
         bundle=args.bundle,
+        approximate=args.approximate,
     )
     results = run_latency(config, report=lambda line: print(line, flush=True))
     if args.out:

@@ -745,6 +745,11 @@ def _register_bench_latency(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--baselines", nargs="*", help="baselines to run (all; none with no names)")
     parser.add_argument("--bundle", help="also time recommend on this bundle directory")
+    parser.add_argument(
+        "--approximate",
+        action="store_true",
+        help="also time recommend(approximate=True) on the int8 rows (needs the ann extra)",
+    )
     parser.add_argument("--out", metavar="DIR", help="also write latency.json and latency.md here")
 
 
@@ -760,6 +765,7 @@ def _bench_latency(args: argparse.Namespace) -> int:
         calls_1m=args.calls_1m,
         baselines=defaults.baselines if args.baselines is None else args.baselines,
         bundle=Path(args.bundle) if args.bundle else None,
+        approximate=args.approximate,
     )
     results = run_latency(config, report=lambda line: print(line, flush=True))
     if out is not None:

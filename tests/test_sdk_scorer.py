@@ -192,3 +192,40 @@ def test_a_swapped_table_is_visible_to_the_next_recommend(large_int8_bundle) -> 
         table = ItemTable.quantize(vectors, "int8")
         rec.swap(rec.bundle.with_items(table, [*rec.item_ids, "hot"]))
         assert rec.recommend(k=1).item_ids == ["hot"]
+
+
+def test_approximate_top_k_recalls_the_exact_top_10_and_honours_exclusions() -> None:
+    pytest.importorskip("hnswlib")
+    from pocketrec.sdk._ann import ApproximateIndex
+
+    table = _table(3000, 16, "int8", seed=6)
+    index = ApproximateIndex(table)
+    rng = np.random.default_rng(7)
+    found = []
+    for _ in range(20):
+        user = rng.standard_normal(16).astype(np.float32)
+        exact_scores = table.scores(user[None, :])[0]
+        banned = set(rng.choice(3000, size=100, replace=False).tolist())
+        rows, values = index.top_k(user, 10, banned=banned)
+        assert len(rows) == 10 and not banned & set(rows.tolist())
+        assert (np.diff(values) <= 0).all()
+        np.testing.assert_allclose(values, exact_scores[rows], rtol=1e-4, atol=1e-4)
+        found.append(len(set(rows.tolist()) & set(_brute_force_top(exact_scores, 10, banned))))
+    assert np.mean(found) >= 9.0
+    user = np.ones(16, dtype=np.float32)
+    rows, _ = index.top_k(user, 10, banned={3}, allowed={1, 2, 3})
+    assert sorted(rows.tolist()) == [1, 2]
+
+
+def test_recommend_approximate_keeps_filters_and_exclusions(large_int8_bundle) -> None:
+    pytest.importorskip("hnswlib")
+    with Recommender.open(large_int8_bundle) as rec:
+        comedy = Filters(where=lambda item: item["genres"] == ["Comedy"])
+        for history in ([], ["m3", "m40"], ["m7", "m1", "m2999"]):
+            exact = rec.recommend(history, k=10, filters=comedy)
+            approximate = rec.recommend(history, k=10, filters=comedy, approximate=True)
+            rows = [rec.item_ids.index(i) for i in approximate.item_ids]
+            assert len(rows) == 10
+            assert all(r % 3 == GENRES.index("Comedy") for r in rows)
+            assert not set(history) & set(approximate.item_ids)
+            assert len(set(exact.item_ids) & set(approximate.item_ids)) >= 8
