@@ -79,6 +79,13 @@ class ApproximateIndex:
             return row not in banned_set and (allowed_set is None or row in allowed_set)
 
         query = np.asarray(user_vector, dtype=np.float32).reshape(1, -1)
+        if allowed_set is None and wanted + len(banned_set) <= self.table.num_items:
+            # A few banned rows (the history): over-fetch and drop them, no per-row callback.
+            with self._lock:
+                self._index.set_ef(max(self.ef, wanted + len(banned_set)))
+                rows, distances = self._index.knn_query(query, k=wanted + len(banned_set))
+            kept = [i for i, r in enumerate(rows[0].tolist()) if r not in banned_set][:wanted]
+            return _ranked(rows[0, kept], distances[0, kept])
         with self._lock:
             self._index.set_ef(max(self.ef, wanted))
             try:
@@ -87,10 +94,7 @@ class ApproximateIndex:
                 )
             except RuntimeError:  # fewer admissible rows than asked for
                 rows, distances = self._fewer(query, wanted, admit)
-        scores = (1.0 - distances[0]).astype(np.float32)
-        rows = rows[0].astype(np.int64)
-        order = np.lexsort((rows, -scores))
-        return rows[order], scores[order]
+        return _ranked(rows[0], distances[0])
 
     def _fewer(self, query: np.ndarray, wanted: int, admit: object) -> tuple[np.ndarray, ...]:
         # hnswlib raises when it finds fewer than k rows; ask for fewer until it answers.
@@ -100,3 +104,11 @@ class ApproximateIndex:
             except RuntimeError:
                 continue
         return np.empty((1, 0), dtype=np.uint64), np.empty((1, 0), dtype=np.float32)
+
+
+def _ranked(rows: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """hnswlib's labels and ``1 - dot`` distances as rows and scores, best (then lower) first."""
+    scores = (1.0 - distances).astype(np.float32)
+    rows = rows.astype(np.int64)
+    order = np.lexsort((rows, -scores))
+    return rows[order], scores[order]
