@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         _register_embed_items,
         _register_bench,
         _register_bench_sync,
+        _register_bench_latency,
         _register_keys,
         _register_publish,
         _register_rollout,
@@ -719,6 +720,58 @@ def _bench_sync(args: argparse.Namespace) -> int:
 
     config = SyncBenchConfig(items=args.items, dim=args.dim, dtype=args.dtype, changed=args.changed)
     return bench_main(config, out)
+
+
+def _register_bench_latency(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "bench-latency",
+        _bench_latency,
+        help="recommend latency at catalog scale, per table dtype, against baselines",
+        description=(
+            "Serves synthetic catalogs (--sizes items x 64) with each table dtype, each in a "
+            "process of its own, and prints recommend p50/p99, tower, scoring, build time, "
+            "RSS and top-10 agreement; then the baselines (a TFLite graph with the table "
+            "baked in, float32 and int8; numpy; TensorFlow brute force; TensorFlow ones "
+            "skipped without the train extra), our scoring ÷ each, and the latency targets "
+            "as PASS/FAIL. One thread throughout; notes whether OPENBLAS_CORETYPE is set."
+        ),
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", help="catalog sizes (10000 100000 1000000)")
+    parser.add_argument("--dtypes", nargs="+", help="table dtypes (float32 float16 int8 int4)")
+    parser.add_argument("--calls", type=int, default=1000, help="timed calls per figure (1000)")
+    parser.add_argument(
+        "--calls-1m", type=int, default=300, help="timed calls at >= 1M items (300)"
+    )
+    parser.add_argument("--baselines", nargs="*", help="baselines to run (all; none with no names)")
+    parser.add_argument("--bundle", help="also time recommend on this bundle directory")
+    parser.add_argument(
+        "--approximate",
+        action="store_true",
+        help="also time recommend(approximate=True) on the int8 rows (needs the ann extra)",
+    )
+    parser.add_argument("--out", metavar="DIR", help="also write latency.json and latency.md here")
+
+
+def _bench_latency(args: argparse.Namespace) -> int:
+    out = writable_dir(args.out) if args.out else None
+    from pocketrec.benchmarks.latency_bench import LatencyConfig, run_latency, write_results
+
+    defaults = LatencyConfig()
+    config = LatencyConfig(
+        sizes=args.sizes or defaults.sizes,
+        dtypes=args.dtypes or defaults.dtypes,
+        calls=args.calls,
+        calls_1m=args.calls_1m,
+        baselines=defaults.baselines if args.baselines is None else args.baselines,
+        bundle=Path(args.bundle) if args.bundle else None,
+        approximate=args.approximate,
+    )
+    results = run_latency(config, report=lambda line: print(line, flush=True))
+    if out is not None:
+        write_results(results, out)
+        print(f"wrote {out / 'latency.json'} and {out / 'latency.md'}")
+    return 0
 
 
 # -- bench ----------------------------------------------------------------------------

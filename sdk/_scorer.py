@@ -15,6 +15,11 @@ form is kept: int8 rows as INT8 weights with per-row (per-output-channel) scales
 repacked to LiteRT's INT4 layout, float16 as FLOAT16 weights behind a DEQUANTIZE (XNNPACK
 keeps a float32 copy of them), float32 as is. Tables too small for the graph to pay off
 are scored by numpy (`ItemTable.scores`) instead.
+
+`Scorer.score_batch` (``Recommender.score_rows``, so evaluation) scores many users at once
+by a second graph, built on its first call: FULLY_CONNECTED alone over ``BATCH_ROWS`` user
+vectors, the same kernel as the top-K graph's (XNNPACK quantizes each user row on its own),
+2-4x faster than numpy at 100k items.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from pocketrec.sdk.table import ItemTable
 # (measured one thread at 5k x 33: float32 numpy 21 us vs graph 34 us; int8 33 vs 23 us;
 # float16 numpy converts slowly, 340 us vs 32 us).
 GRAPH_MIN_ITEMS = {"float32": 16384, "float16": 1024, "int8": 1024, "int4": 1024}
+# User vectors per call of the batch graph (a partial last chunk is padded with zeros).
+BATCH_ROWS = 64
 _WEIGHT_TYPE = {
     "float32": schema.TensorType.FLOAT32,
     "float16": schema.TensorType.FLOAT16,
@@ -68,17 +75,13 @@ class Scorer:
             kernel = "graph" if table.num_items >= GRAPH_MIN_ITEMS[table.dtype] else "numpy"
         self.table = table
         self.kernel = kernel
+        self._num_threads = num_threads
         self._lock = threading.Lock()
+        self._batch_lock = threading.Lock()
+        self._batch_interpreter: Interpreter | None = None
         if kernel == "graph":
             self.model = scorer_model(table)
-            try:
-                self._interpreter = Interpreter(model_content=self.model, num_threads=num_threads)
-                self._interpreter.allocate_tensors()
-            except (ValueError, RuntimeError) as exc:
-                raise BundleError(
-                    f"LiteRT rejected the scoring graph of a {table!r} ({exc}); "
-                    "score it with kernel='numpy'"
-                ) from exc
+            self._interpreter = self._interpreter_of(self.model)
             inputs = {d["name"]: d["index"] for d in self._interpreter.get_input_details()}
             self._user, self._mask, self._k = inputs["user_vector"], inputs["mask"], inputs["k"]
             values, indices, masked = self._interpreter.get_output_details()
@@ -100,6 +103,52 @@ class Scorer:
         with self._lock:
             self._run(user_vector, 1, (), None)
             return self._interpreter.get_tensor(self._masked)[0]
+
+    def score_batch(self, user_vectors: np.ndarray) -> np.ndarray:
+        """This kernel's scores float32 ``[B, N]`` of every row for user vectors ``[B, D]``.
+
+        Row ``b`` equals ``scores(user_vectors[b])``: the batch graph runs the same kernel.
+        """
+        users = np.asarray(user_vectors, dtype=np.float32)
+        if users.ndim != 2 or users.shape[1] != self.table.dim:
+            raise ValueError(
+                f"user_vectors must have shape [B, {self.table.dim}], got {users.shape}"
+            )
+        if self.kernel == "numpy":
+            return self.table.scores(users)
+        out = np.empty((len(users), self.table.num_items), dtype=np.float32)
+        chunk = np.zeros((BATCH_ROWS, self.table.dim), dtype=np.float32)
+        with self._batch_lock:
+            if self._batch_interpreter is None:
+                model = scorer_model(self.table, batch=BATCH_ROWS)
+                self._batch_interpreter = self._interpreter_of(model)
+            interpreter = self._batch_interpreter
+            (user,) = interpreter.get_input_details()
+            (scores,) = interpreter.get_output_details()
+            for start in range(0, len(users), BATCH_ROWS):
+                rows = users[start : start + BATCH_ROWS]
+                chunk[: len(rows)] = rows
+                chunk[len(rows) :] = 0.0
+                interpreter.set_tensor(user["index"], chunk)
+                try:
+                    interpreter.invoke()
+                except RuntimeError as exc:
+                    raise BundleError(f"the batch scoring graph failed to run: {exc}") from exc
+                out[start : start + len(rows)] = interpreter.get_tensor(scores["index"])[
+                    : len(rows)
+                ]
+        return out
+
+    def _interpreter_of(self, model: bytes) -> Interpreter:
+        try:
+            interpreter = Interpreter(model_content=model, num_threads=self._num_threads)
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError(
+                f"LiteRT rejected the scoring graph of a {self.table!r} ({exc}); "
+                "score it with kernel='numpy'"
+            ) from exc
+        return interpreter
 
     def top_k(
         self,
@@ -179,39 +228,57 @@ def _fill_mask(
     return None
 
 
-def scorer_model(table: ItemTable) -> bytes:
-    """The ``.tflite`` scoring graph of ``table`` (see the module docstring)."""
+def scorer_model(table: ItemTable, *, batch: int | None = None) -> bytes:
+    """The ``.tflite`` scoring graph of ``table`` (see the module docstring).
+
+    With ``batch``, the graph of `Scorer.score_batch`: ``user_vectors [batch, D]`` through
+    the FULLY_CONNECTED alone to ``scores [batch, N]``.
+    """
     n, d = table.num_items, table.dim
     weights, quantization = _weights(table)
     f32, i32 = schema.TensorType.FLOAT32, schema.TensorType.INT32
     buffers = [AlignedBuffer(None), AlignedBuffer(weights)]
-    tensors = [
-        _tensor("user_vector", [1, d], f32),
-        _tensor("mask", [1, n], f32),
-        _tensor("k", [], i32),
-        _tensor("table", [n, d], _WEIGHT_TYPE[table.dtype], buffer=1, quantization=quantization),
-        _tensor("scores", [1, n], f32),
-        _tensor("masked_scores", [1, n], f32),
-        _tensor("values", [1, 1], f32),
-        _tensor("indices", [1, 1], i32),
-    ]
-    codes = [schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.ADD]
-    codes.append(schema.BuiltinOperator.TOPK_V2)
+    weight_type = _WEIGHT_TYPE[table.dtype]
     fc_options = schema.FullyConnectedOptionsT()
-    operators = [
-        _operator(0, [0, 3, -1], [4], schema.BuiltinOptions.FullyConnectedOptions, fc_options),
-        _operator(1, [4, 1], [5], schema.BuiltinOptions.AddOptions, schema.AddOptionsT()),
-        _operator(2, [5, 2], [6, 7], schema.BuiltinOptions.TopKV2Options, schema.TopKV2OptionsT()),
-    ]
+    fc_type = schema.BuiltinOptions.FullyConnectedOptions
+    if batch is None:
+        tensors = [
+            _tensor("user_vector", [1, d], f32),
+            _tensor("mask", [1, n], f32),
+            _tensor("k", [], i32),
+            _tensor("table", [n, d], weight_type, buffer=1, quantization=quantization),
+            _tensor("scores", [1, n], f32),
+            _tensor("masked_scores", [1, n], f32),
+            _tensor("values", [1, 1], f32),
+            _tensor("indices", [1, 1], i32),
+        ]
+        codes = [schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.ADD]
+        codes.append(schema.BuiltinOperator.TOPK_V2)
+        top_options = schema.TopKV2OptionsT()
+        operators = [
+            _operator(0, [0, 3, -1], [4], fc_type, fc_options),
+            _operator(1, [4, 1], [5], schema.BuiltinOptions.AddOptions, schema.AddOptionsT()),
+            _operator(2, [5, 2], [6, 7], schema.BuiltinOptions.TopKV2Options, top_options),
+        ]
+        inputs, outputs, table_index = [0, 1, 2], [6, 7, 5], 3
+    else:
+        tensors = [
+            _tensor("user_vectors", [batch, d], f32),
+            _tensor("table", [n, d], weight_type, buffer=1, quantization=quantization),
+            _tensor("scores", [batch, n], f32),
+        ]
+        codes = [schema.BuiltinOperator.FULLY_CONNECTED]
+        operators = [_operator(0, [0, 1, -1], [2], fc_type, fc_options)]
+        inputs, outputs, table_index = [0], [2], 1
     if table.dtype == "float16":
         # XNNPACK folds a DEQUANTIZE of constant float16 weights into float32 weights.
         tensors.append(_tensor("table_float32", [n, d], f32))
+        operators.insert(0, _operator(len(codes), [table_index], [len(tensors) - 1], 0, None))
         codes.append(schema.BuiltinOperator.DEQUANTIZE)
-        operators.insert(0, _operator(3, [3], [8], 0, None))
-        operators[1].inputs[1] = 8
+        operators[1].inputs[1] = len(tensors) - 1
     subgraph = schema.SubGraphT()
     subgraph.tensors = tensors
-    subgraph.inputs, subgraph.outputs = [0, 1, 2], [6, 7, 5]
+    subgraph.inputs, subgraph.outputs = inputs, outputs
     subgraph.operators = operators
     subgraph.name = "main"
     model = schema.ModelT()

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pocketrec.sdk._ann import ApproximateIndex
 from pocketrec.sdk._encoding import encode_histories
 from pocketrec.sdk._history import HistoryStore, Upload
 from pocketrec.sdk._ids import item_ids, user_id
@@ -123,8 +124,17 @@ class _Serving:
         self.history_length = bundle.history_length
         self.towers = towers
         self.scorer = scorer
+        self._index: ApproximateIndex | None = None
+        self._index_lock = threading.Lock()
         sync = bundle.manifest["extra"].get("sync", {})
         self.versions = (int(sync.get("model_version", 0)), int(sync.get("catalog_version", 0)))
+
+    def approximate_index(self, num_threads: int) -> ApproximateIndex:
+        """The HNSW index of this table, built on the first call that asks for it."""
+        with self._index_lock:
+            if self._index is None:
+                self._index = ApproximateIndex(self.table, num_threads=num_threads)
+            return self._index
 
     @contextmanager
     def tower(self) -> Iterator[UserTower]:
@@ -236,6 +246,7 @@ class Recommender:
         exclude: Iterable[str | int] = (),
         exclude_seen: bool = True,
         filters: Filters | None = None,
+        approximate: bool = False,
     ) -> Recommendations:
         """The top ``k`` items for a history of external item ids (oldest first).
 
@@ -253,13 +264,19 @@ class Recommender:
             exclude_seen: also never return items of the history, nor any item the user's
                 stored events name.
             filters: an allow-list and/or a metadata predicate (see `Filters`).
+            approximate: rank by an HNSW index (``pip install 'pocketrec[ann]'``) instead
+                of scoring every item: faster at large catalogs, but a true top-``k`` item
+                may be missed. The index is built on the first such call for a table
+                (seconds to minutes at 1M items) and scores with float32 dot products.
 
         Scores come from the serving table's scorer: on catalogs large enough, a LiteRT
         graph built from the table, whose int8/int4 kernels also quantize the user vector
-        to int8 (scores within about 1% of `score_rows`; near-ties may swap).
+        to int8 (scores within about 1% of `ItemTable.scores`; near-ties may swap).
+        `score_rows` gives the same kernel's scores.
 
         Raises:
-            ValueError: for a bad ``k``, or after `close`.
+            ValueError: for a bad ``k``, after `close`, or ``approximate`` without
+                hnswlib installed.
             TypeError: for a history, exclude or user that is not made of ids (e.g. one
                 ``str``, ``bytes`` or None where a sequence belongs), or ``filters`` that
                 is not a `Filters`.
@@ -288,7 +305,11 @@ class Recommender:
             banned.update(rows)
             banned.update(row_of[i] for i in seen if i in row_of)
         allowed = None if filters is None else _allowed_rows(serving, filters)
-        top_rows, top_scores = serving.scorer.top_k(user_vector, k, banned=banned, allowed=allowed)
+        if approximate:
+            ranker: Scorer | ApproximateIndex = serving.approximate_index(self._options.num_threads)
+        else:
+            ranker = serving.scorer
+        top_rows, top_scores = ranker.top_k(user_vector, k, banned=banned, allowed=allowed)
         items = [
             Recommendation(serving.item_ids[r], float(s), serving.titles[r])
             for r, s in zip(top_rows.tolist(), top_scores.tolist(), strict=True)
@@ -353,7 +374,8 @@ class Recommender:
         """Scores float32 ``[B, N]`` of every item for histories of table rows.
 
         The ``score_fn`` of `pocketrec.evaluation.evaluate`, so bundles are evaluated with
-        the same protocol as the models they came from.
+        the same protocol as the models they came from. Scored by the same kernel as
+        `recommend` (`Scorer.score_batch`), so evaluation measures what users are served.
         """
         return _scores(self._current(), histories)
 
@@ -439,7 +461,7 @@ def _user_vectors(serving: _Serving, histories_rows: Sequence[Sequence[int]]) ->
 
 
 def _scores(serving: _Serving, histories_rows: Sequence[Sequence[int]]) -> np.ndarray:
-    return serving.table.scores(_user_vectors(serving, histories_rows))
+    return serving.scorer.score_batch(_user_vectors(serving, histories_rows))
 
 
 def _allowed_rows(serving: _Serving, filters: Filters) -> set[int] | None:

@@ -23,6 +23,7 @@ COMMANDS = (
     "embed-items",
     "bench",
     "bench-sync",
+    "bench-latency",
     "keys",
     "publish",
     "rollout",

@@ -8,7 +8,7 @@ from _sdk_fixtures import GENRES, item_ids, items_metadata, write_tiny_bundle
 
 from pocketrec.sdk import TABLE_DTYPES, Filters, ItemTable, Recommender
 from pocketrec.sdk._runtime import model_op_types
-from pocketrec.sdk._scorer import GRAPH_MIN_ITEMS, Scorer
+from pocketrec.sdk._scorer import BATCH_ROWS, GRAPH_MIN_ITEMS, Scorer, scorer_model
 
 # The dynamic-range kernels quantize the user vector to int8: a score may move by about
 # half a step of it per dimension, well under 2% of the largest score.
@@ -51,6 +51,33 @@ def test_graph_scores_match_the_dequantized_table(dtype: str, dim: int) -> None:
         np.testing.assert_allclose(
             scores, reference, rtol=0, atol=TOLERANCE[dtype] * np.abs(reference).max()
         )
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", TABLE_DTYPES)
+def test_score_batch_rows_are_exactly_the_kernels_scores_of_each_user(
+    dtype: str, kernel: str
+) -> None:
+    table = _table(3000, 33, dtype, seed=3)
+    scorer = Scorer(table, kernel=kernel)
+    # More users than one batch call takes: a full chunk and a zero-padded partial one.
+    users = np.random.default_rng(5).standard_normal((BATCH_ROWS + 7, 33)).astype(np.float32)
+    batch = scorer.score_batch(users)
+    assert batch.shape == (len(users), 3000) and batch.dtype == np.float32
+    for user, row in zip(users, batch, strict=True):
+        if kernel == "graph":
+            np.testing.assert_array_equal(row, scorer.scores(user))
+        else:  # BLAS sums a matrix product in another order than a vector product
+            np.testing.assert_allclose(row, scorer.scores(user), rtol=0, atol=1e-5 * row.max())
+    assert scorer.score_batch(users[:0]).shape == (0, 3000)
+    with pytest.raises(ValueError, match=r"user_vectors must have shape \[B, 33\]"):
+        scorer.score_batch(users[:, :8])
+
+
+@pytest.mark.parametrize("dtype", TABLE_DTYPES)
+def test_the_batch_graph_is_the_fully_connected_alone(dtype: str) -> None:
+    ops = model_op_types(scorer_model(_table(2000, 8, dtype), batch=BATCH_ROWS))
+    assert ops == (["DEQUANTIZE"] if dtype == "float16" else []) + ["FULLY_CONNECTED"]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -132,6 +159,17 @@ def test_recommend_on_a_graph_scored_catalog_equals_brute_force(large_int8_bundl
             ]
 
 
+def test_score_rows_gives_the_scores_recommend_ranks_by(large_int8_bundle) -> None:
+    with Recommender.open(large_int8_bundle) as rec:
+        histories = [[], [3, 40], [7, 1, 2999]]
+        scores = rec.score_rows(histories)
+        for history, row in zip(histories, scores, strict=True):
+            top = rec.recommend([rec.item_ids[r] for r in history], k=10)
+            expected = _brute_force_top(row, 10, set(history))
+            assert top.item_ids == [rec.item_ids[r] for r in expected]
+            np.testing.assert_array_equal([i.score for i in top.items], row[expected])
+
+
 def test_filters_allow_list_and_predicate_combine(tmp_path) -> None:
     with Recommender.open(write_tiny_bundle(tmp_path / "b")) as rec:
         scores = rec.score_rows([[]])[0]
@@ -154,3 +192,40 @@ def test_a_swapped_table_is_visible_to_the_next_recommend(large_int8_bundle) -> 
         table = ItemTable.quantize(vectors, "int8")
         rec.swap(rec.bundle.with_items(table, [*rec.item_ids, "hot"]))
         assert rec.recommend(k=1).item_ids == ["hot"]
+
+
+def test_approximate_top_k_recalls_the_exact_top_10_and_honours_exclusions() -> None:
+    pytest.importorskip("hnswlib")
+    from pocketrec.sdk._ann import ApproximateIndex
+
+    table = _table(3000, 16, "int8", seed=6)
+    index = ApproximateIndex(table)
+    rng = np.random.default_rng(7)
+    found = []
+    for _ in range(20):
+        user = rng.standard_normal(16).astype(np.float32)
+        exact_scores = table.scores(user[None, :])[0]
+        banned = set(rng.choice(3000, size=100, replace=False).tolist())
+        rows, values = index.top_k(user, 10, banned=banned)
+        assert len(rows) == 10 and not banned & set(rows.tolist())
+        assert (np.diff(values) <= 0).all()
+        np.testing.assert_allclose(values, exact_scores[rows], rtol=1e-4, atol=1e-4)
+        found.append(len(set(rows.tolist()) & set(_brute_force_top(exact_scores, 10, banned))))
+    assert np.mean(found) >= 9.0
+    user = np.ones(16, dtype=np.float32)
+    rows, _ = index.top_k(user, 10, banned={3}, allowed={1, 2, 3})
+    assert sorted(rows.tolist()) == [1, 2]
+
+
+def test_recommend_approximate_keeps_filters_and_exclusions(large_int8_bundle) -> None:
+    pytest.importorskip("hnswlib")
+    with Recommender.open(large_int8_bundle) as rec:
+        comedy = Filters(where=lambda item: item["genres"] == ["Comedy"])
+        for history in ([], ["m3", "m40"], ["m7", "m1", "m2999"]):
+            exact = rec.recommend(history, k=10, filters=comedy)
+            approximate = rec.recommend(history, k=10, filters=comedy, approximate=True)
+            rows = [rec.item_ids.index(i) for i in approximate.item_ids]
+            assert len(rows) == 10
+            assert all(r % 3 == GENRES.index("Comedy") for r in rows)
+            assert not set(history) & set(approximate.item_ids)
+            assert len(set(exact.item_ids) & set(approximate.item_ids)) >= 8
