@@ -18,7 +18,8 @@ import numpy as np
 
 from pocketrec.sdk.table import ItemTable
 
-# HNSW graph degree and construction beam: hnswlib's recommended values for recall ~0.95+.
+# HNSW graph degree and construction beam: hnswlib's suggested defaults. On random Gaussian
+# 100k x 64 int8 tables (close to a worst case) they gave recall@10 0.70 at ef 100.
 M = 16
 EF_CONSTRUCTION = 200
 
