@@ -26,6 +26,7 @@ from pocketrec.sdk import Bundle, ItemTable
 from pocketrec.sdk.catalog import generate_key, public_key_hex
 from pocketrec.sdk.contract import TABLE_DTYPES, check_choice
 from pocketrec.sdk.sync import SyncClient, SyncResult
+from pocketrec.sdk.table import stored_columns, stored_dtype
 
 FAMILY = "bench"
 
@@ -177,9 +178,7 @@ def _upload_throughput(client: SyncClient, root: Path, config: SyncBenchConfig) 
 
 def _figures(result: SyncResult, config: SyncBenchConfig) -> dict[str, Any]:
     float32_bytes = result.rows * config.dim * 4
-    row_bytes = {"float32": 4 * config.dim, "float16": 2 * config.dim, "int8": config.dim}.get(
-        config.dtype, (config.dim + 1) // 2
-    )
+    row_bytes = stored_columns(config.dtype, config.dim) * stored_dtype(config.dtype).itemsize
     scale_bytes = 2 if config.dtype in ("int8", "int4") else 0
     vector_bytes = result.rows * (row_bytes + scale_bytes)
     total = result.batch_bytes + result.model_bytes

@@ -26,14 +26,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pocketrec.errors import BundleError, DataError, PocketrecError
 from pocketrec.proto import sync_pb2
 from pocketrec.sdk.bundle import Bundle
-from pocketrec.sdk.table import ItemTable
+from pocketrec.sdk.table import ItemTable, stored_columns, stored_dtype
 
 MODEL_KIND = "pocketrec.model"
 CATALOG_KIND = "pocketrec.catalog"
 FAMILY_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 # One encoder for every row's metadata: json.dumps would build one per call.
 _METADATA_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_ROW_DTYPES = {"float32": "<f4", "float16": "<f2", "int8": "i1", "int4": "u1"}
 
 
 class SignatureError(PocketrecError):
@@ -248,11 +247,11 @@ class Rows:
         )
 
     @classmethod
-    def empty(cls, dtype: str, dim: int, columns: int, scale_dtype: str | None) -> Rows:
+    def empty(cls, dtype: str, dim: int, scale_dtype: str | None) -> Rows:
         return cls(
             (),
             (),
-            np.zeros((0, columns), dtype=_ROW_DTYPES[dtype]),
+            np.zeros((0, stored_columns(dtype, dim)), dtype=stored_dtype(dtype)),
             None if scale_dtype is None else np.zeros(0, dtype=scale_dtype),
             dtype,
             dim,
@@ -372,15 +371,16 @@ def encode_batch(upserts: Rows, deleted: Sequence[str] = ()) -> bytes:
         metadata_json=list(upserts.metadata_json)
         if upserts.metadata_json is not None
         else [_METADATA_ENCODER.encode(m) for m in upserts.metadata],
-        values=np.ascontiguousarray(upserts.values.astype(_ROW_DTYPES[upserts.dtype])).tobytes(),
-        scales=b""
-        if upserts.scales is None
-        else np.ascontiguousarray(
-            upserts.scales.astype(upserts.scales.dtype.newbyteorder("<"))
-        ).tobytes(),
+        values=_little_endian(upserts.values).tobytes(),
+        scales=b"" if upserts.scales is None else _little_endian(upserts.scales).tobytes(),
         deleted_ids=list(deleted),
     )
     return batch.SerializeToString()
+
+
+def _little_endian(array: np.ndarray) -> np.ndarray:
+    """``array`` laid out as the wire says: C order, little-endian."""
+    return np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<")))
 
 
 def decode_batch(
@@ -397,8 +397,8 @@ def decode_batch(
     except Exception as exc:  # protobuf raises its own DecodeError
         raise BundleError(f"an item batch does not parse: {exc}") from exc
     count = len(batch.item_ids)
-    columns = (dim + 1) // 2 if dtype == "int4" else dim
-    row_dtype = np.dtype(_ROW_DTYPES[dtype])
+    columns = stored_columns(dtype, dim)
+    row_dtype = stored_dtype(dtype).newbyteorder("<")
     if (
         len(batch.metadata_json) != count
         or len(batch.values) != count * columns * row_dtype.itemsize

@@ -586,8 +586,7 @@ class SyncClient:
                 tries = self._after_failure(exc, tries, "SyncItems")
         if record is None or snapshot is None:
             raise SyncError(f"the item stream of catalog version {target} ended unsigned")
-        columns = (dim + 1) // 2 if dtype == "int4" else dim
-        empty = Rows.empty(dtype, dim, columns, scale_dtype)
+        empty = Rows.empty(dtype, dim, scale_dtype)
         if snapshot or base is None:
             base = empty
         received = empty.concatenated(upserts)

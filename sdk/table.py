@@ -41,6 +41,18 @@ _STORED_DTYPE = {
     "int8": np.dtype(np.int8),
     "int4": np.dtype(np.uint8),
 }
+
+
+def stored_columns(dtype: str, dim: int) -> int:
+    """Columns of a ``dtype`` table's stored values for vectors of ``dim``: int4 packs two."""
+    return (dim + 1) // 2 if dtype == "int4" else dim
+
+
+def stored_dtype(dtype: str) -> np.dtype:
+    """The NumPy dtype of a ``dtype`` table's stored values."""
+    return _STORED_DTYPE[dtype]
+
+
 # Scoring dequantizes about this many values (rows x max(B, D)) per step, so the block and
 # its [B, rows] product stay in cache. Measured against scoring a cached float32 copy
 # (100k x 64, one BLAS thread): int8 on par, int4 up to 2.5x, float16 up to 7x at B = 1
@@ -70,7 +82,7 @@ class ItemTable:
         """
         check_choice(dtype, TABLE_DTYPES, "dtype")
         values = np.asarray(values)
-        stored_cols = (dim + 1) // 2 if dtype == "int4" else dim
+        stored_cols = stored_columns(dtype, dim)
         if values.dtype != _STORED_DTYPE[dtype] or values.ndim != 2:
             raise ValueError(
                 f"{dtype} table values must be a 2-D {_STORED_DTYPE[dtype]} array, "
@@ -288,7 +300,7 @@ class ItemTable:
             )
         arrays = {role: read(name) for role, name in files.items()}
         values, scales = arrays["values"], arrays.get("scales")
-        stored_cols = (dim + 1) // 2 if dtype == "int4" else dim
+        stored_cols = stored_columns(dtype, dim)
         if values.shape != (num_items, stored_cols) or values.dtype != _STORED_DTYPE[dtype]:
             raise BundleError(
                 f"{files['values']}: expected {_STORED_DTYPE[dtype]} [{num_items}, {stored_cols}] "

@@ -56,7 +56,7 @@ class TableForm:
         return cls(rows.dtype, rows.dim, int(rows.values.shape[1]), scale_dtype)
 
     def empty_rows(self) -> Rows:
-        return Rows.empty(self.dtype, self.dim, self.columns, self.scale_dtype)
+        return Rows.empty(self.dtype, self.dim, self.scale_dtype)
 
 
 @dataclass(frozen=True)

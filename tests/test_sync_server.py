@@ -121,8 +121,7 @@ def applied(chunks: list[sync_pb2.ItemChunk], rows: Rows, key) -> tuple[Rows, di
     )
     table = record["manifest"]["table"]
     if chunks[0].snapshot:
-        columns = rows.values.shape[1]
-        rows = Rows.empty(rows.dtype, rows.dim, columns, record["scale_dtype"])
+        rows = Rows.empty(rows.dtype, rows.dim, record["scale_dtype"])
     for index, chunk in enumerate(chunks):
         assert (chunk.index, chunk.chunk_count) == (index, len(chunks))
         assert hashlib.sha256(chunk.batch).digest() == chunk.batch_sha256
