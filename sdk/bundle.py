@@ -494,6 +494,19 @@ class Bundle:
         return str(self._manifest["model"]["quantization"])
 
     @property
+    def sync_family(self) -> str | None:
+        """The family a sync server published this bundle in (``extra.sync``), or None."""
+        family = self._manifest["extra"].get("sync", {}).get("family")
+        return family if isinstance(family, str) else None
+
+    @property
+    def sync_versions(self) -> tuple[int, int]:
+        """``(model_version, catalog_version)`` as the sync numbered this bundle; ``(0, 0)``
+        for a bundle that did not come from a sync server."""
+        sync = self._manifest["extra"].get("sync", {})
+        return int(sync.get("model_version", 0)), int(sync.get("catalog_version", 0))
+
+    @property
     def history_length(self) -> int:
         """``L``, how many of the most recent history items the model reads."""
         return int(self._manifest["history_length"])

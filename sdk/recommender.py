@@ -126,8 +126,6 @@ class _Serving:
         self.scorer = scorer
         self._index: ApproximateIndex | None = None
         self._index_lock = threading.Lock()
-        sync = bundle.manifest["extra"].get("sync", {})
-        self.versions = (int(sync.get("model_version", 0)), int(sync.get("catalog_version", 0)))
 
     def approximate_index(self, num_threads: int) -> ApproximateIndex:
         """The HNSW index of this table, built on the first call that asks for it."""
@@ -359,7 +357,7 @@ class Recommender:
     def versions(self) -> tuple[int, int]:
         """``(model_version, catalog_version)`` of the serving bundle as the sync numbered it;
         ``(0, 0)`` for a bundle that did not come from a sync server."""
-        return self._serving.versions
+        return self._serving.bundle.sync_versions
 
     @property
     def history(self) -> HistoryStore:

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pocketrec.errors import BundleError, PocketrecError
 from pocketrec.proto import sync_pb2, sync_pb2_grpc
 from pocketrec.sdk._history import HistoryStore
-from pocketrec.sdk.bundle import Bundle, read_manifest
+from pocketrec.sdk.bundle import Bundle
 from pocketrec.sdk.catalog import (
     CATALOG_KIND,
     MODEL_KIND,
@@ -649,18 +649,17 @@ class SyncClient:
         if self._installed is not None and self._installed[0] == self.bundle_path.resolve():
             return self._installed[1]
         try:
-            sync = read_manifest(self.bundle_path)["extra"].get("sync", {})
             bundle = Bundle.open(self.bundle_path, verify=True)
         except BundleError as exc:
             raise SyncError(
                 f"the bundle in use at {self.bundle_path} does not verify ({exc}); remove it "
                 "to sync from scratch"
             ) from exc
-        if sync.get("family") != self._family:
+        if bundle.sync_family != self._family:
             raise SyncError(
-                f"{self.bundle_path} holds family {sync.get('family')!r}, not {self._family!r}"
+                f"{self.bundle_path} holds family {bundle.sync_family!r}, not {self._family!r}"
             )
-        return _Held(bundle, int(sync["model_version"]), int(sync["catalog_version"]))
+        return _Held(bundle, *bundle.sync_versions)
 
     def _high_water(self) -> tuple[int, int]:
         path = self._dir / STATE_FILE
