@@ -169,10 +169,6 @@ class SignedRecord:
         """For storing beside an installed bundle: the record as text, the signature as hex."""
         return {"record": self.record.decode("utf-8"), "signature": self.signature.hex()}
 
-    @classmethod
-    def from_json(cls, document: Mapping[str, str]) -> SignedRecord:
-        return cls(document["record"].encode("utf-8"), bytes.fromhex(document["signature"]))
-
 
 def model_document(family: str, model_version: int, model: bytes) -> dict[str, Any]:
     """The model record of the proto's header for ``model`` as version ``model_version``."""
