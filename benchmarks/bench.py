@@ -56,12 +56,12 @@ class BenchConfig:
 
 
 def dataset_name(source: str) -> str:
-    """``source`` with each absolute path cut to its last part ("MovieLens 100K at ml-100k").
+    """``source`` with each path cut to its last part ("MovieLens 100K at ml-100k").
 
     Results are shared: they must not carry the directory layout of the machine that made
-    them.
+    them, absolute (``/work/...``) or relative (``../shared/...``).
     """
-    return re.sub(r"(?<![\w.~])/[^\s,;()]+", lambda m: Path(m.group()).name or m.group(), source)
+    return re.sub(r"[^\s,;()]*/[^\s,;()]+", lambda m: Path(m.group()).name or m.group(), source)
 
 
 def machine_info() -> dict[str, Any]:

@@ -92,5 +92,6 @@ def test_dataset_name_keeps_the_last_part_of_each_path():
     source = "MovieLens 100K at /work/shared/data/ml-100k"
     assert dataset_name(source) == "MovieLens 100K at ml-100k"
     assert dataset_name("/data/logs/events.csv") == "events.csv"
+    assert dataset_name("MovieLens 100K at ../shared/data/ml-100k") == "MovieLens 100K at ml-100k"
     synthetic_source = "synthetic(num_users=10, num_items=5, seed=0)"
     assert dataset_name(synthetic_source) == synthetic_source
