@@ -36,7 +36,9 @@ QUIET, NORMAL, VERBOSE = -1, 0, 1
 _NATIVE_CHATTER = re.compile(
     rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.\-]+:\d+\] "
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
-    rb"|INFO: )"
+    rb"|INFO: "
+    # The TFLite converter's int8 calibration prints its settings.
+    rb"|fully_quantize: \d+, inference_type: )"
 )
 _RUNTIME_MODULES = r"(tensorflow|tf_keras|keras|tensorflow_model_optimization|absl)(\.|$)"
 

@@ -188,6 +188,8 @@ def test_native_chatter_is_recognised_and_real_messages_are_kept():
         b"E0000 00:00:1796181773.484322    4508 cuda_platform.cc:52] failed call to cuInit",
         b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
         b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+        b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, "
+        b"output_inference_type: FLOAT32",
     ]
     kept = [
         b"F0000 00:00:1796181773.484322    4508 check.cc:1] Check failed: fatal",
