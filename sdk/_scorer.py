@@ -414,8 +414,8 @@ def _scoring_place(table: ItemTable, kernel: str, accelerator: str) -> str:
                 f"{gpu.detail}. Score on the CPU (accelerator='cpu')"
             )
         return "gpu" if kernel == "graph" else "cpu"
-    if not gpu.present:
-        return "cpu"
+    if not gpu.present or table.num_items < CROSSOVER_SIZES[0]:
+        return "cpu"  # no GPU, or a table smaller than any size timed: nothing to measure
     crossover = crossover_items(table.dtype, table.dim)
     return "gpu" if crossover is not None and table.num_items >= crossover else "cpu"
 

@@ -134,11 +134,9 @@ class _Serving:
         towers: queue.Queue[UserTower],
         scorer: Scorer,
         placement: Placement,
-        fully_delegated: bool,
     ) -> None:
         self.bundle = bundle
         self.placement = placement
-        self.fully_delegated = fully_delegated
         self.table = bundle.table
         self.item_ids = bundle.item_ids
         self.row_of = {item_id: row for row, item_id in enumerate(bundle.item_ids)}
@@ -248,7 +246,8 @@ class Recommender:
     def fully_delegated(self) -> bool:
         """Whether the accelerator's delegate runs the whole user tower (on the CPU:
         XNNPACK; otherwise some ops fall back to LiteRT's CPU kernels)."""
-        return self._serving.fully_delegated
+        with self._current().tower() as tower:
+            return tower.fully_delegated
 
     @property
     def scoring_accelerator(self) -> str:
@@ -478,9 +477,7 @@ class Recommender:
                 num_threads=self._options.num_threads,
                 accelerator=_scoring_accelerator(self._options.accelerator),
             )
-        with towers.mutex:  # a peek: every tower of the pool runs the same model the same way
-            fully_delegated = towers.queue[0].fully_delegated
-        serving = _Serving(bundle, towers, scorer, placement, fully_delegated)
+        serving = _Serving(bundle, towers, scorer, placement)
         # Bundle.open checked the CPU; a bundle served elsewhere is checked there as well.
         on_accelerator = (
             asked_to_verify
