@@ -798,7 +798,27 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="a small sample, for CI")
     parser.add_argument("--calls", type=int, default=1000, help="timed calls per figure")
     parser.add_argument("--epochs", type=int, help="training epochs")
+    parser.add_argument(
+        "--seeds",
+        type=_seed_list,
+        metavar="S1,S2,...",
+        help="train, compress and evaluate once per seed and report mean ± std "
+        "(default: the one --seed); latency is measured for the first seed only",
+    )
     parser.add_argument("--no-baselines", action="store_true")
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2), for `--seeds`."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 0,1,2, got {text!r}"
+        ) from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds {text!r} repeat a seed; give each seed once")
+    return seeds
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -815,7 +835,7 @@ def _bench(args: argparse.Namespace) -> int:
             quick=args.quick,
             calls=args.calls,
             epochs=args.epochs,
-            seed=args.seed,
+            seeds=args.seeds if args.seeds is not None else (args.seed,),
             baselines=not args.no_baselines,
         ),
     )
