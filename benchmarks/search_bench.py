@@ -13,8 +13,9 @@ does) are scored by where the held-out item lands, NDCG@10 and HR@10 (a miss if 
 matched at all): BM25 alone (``alpha = 0``), BM25 + popularity (train counts in place of
 the user's score) and the personalised hybrid (`Recommender.search`'s mix with the user
 vector). Each method's ``alpha`` and BM25 ``b`` are tuned on the validation split (query
-from the validation item, mean NDCG@10 over the kinds), then reported on test. Latency: `Recommender.search` and
-`Recommender.recommend` p50, interleaved call by call on the same bundle and histories.
+from the validation item, mean NDCG@10 over the kinds), then reported on test. Latency:
+`Recommender.search` and `Recommender.recommend` p50, interleaved call by call (each first
+every other time) on the same bundle and histories.
 """
 
 from __future__ import annotations
