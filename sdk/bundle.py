@@ -35,6 +35,7 @@ from pocketrec.sdk._runtime import UserTower, model_op_types
 from pocketrec.sdk._text_index import TextIndex
 from pocketrec.sdk.contract import (
     ACCELERATORS,
+    GOLDEN_TOLERANCE,
     HISTORY_INPUT,
     MASK_INPUT,
     QUANTIZATIONS,
@@ -55,15 +56,6 @@ GOLDEN_K = 10
 # Reads of a saved bundle whose version was replaced meanwhile are retried this often.
 _OPEN_ATTEMPTS = 3
 
-# Largest golden user-vector deviation the CPU self-check allows, relative to
-# max(1, max|golden vector|), per model quantization. Golden outputs are recorded by
-# XNNPACK, which the SDK runs on every CPU. Measured with benchmarks/golden_tolerance.py:
-# XNNPACK at 1 and 2 threads agrees exactly; LiteRT's optimized builtin kernels differ by
-# 4e-7 (float32, float16), 3.1e-3 (dynamic) and 5.8e-2 (int8). The float bounds leave 25x
-# headroom over the builtins, dynamic 3x; int8 allows about 2.5 output quantization steps of
-# another CPU's XNNPACK, below what the builtin int8 kernels differ. Accelerators get their
-# own tolerances.
-GOLDEN_TOLERANCE = {"float32": 1e-5, "float16": 1e-5, "dynamic": 1e-2, "int8": 2e-2}
 # Golden scores are recomputed from the golden user vectors with the item table alone,
 # which is plain numpy on the same stored values: only summation order differs.
 _TABLE_TOLERANCE = 1e-4
