@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketrec.errors import AcceleratorError
+from pocketrec.errors import AcceleratorError, BundleError
 from pocketrec.sdk import Bundle, UserTower, encode_histories
 from pocketrec.sdk._scorer import measure_crossover
 from pocketrec.sdk.accelerators import ACCELERATORS, choose, detect, golden_tolerance
@@ -55,15 +55,19 @@ def run_suite(bundles: list[Path], *, calls: int = 200) -> dict[str, Any]:
             "reason": f"crossover not measured: {detected['gpu'].detail}",
         }
     report["passed"] = all(
-        entry["status"] != "failed"
+        bundle.get("status") != "failed"
+        and all(entry["status"] != "failed" for entry in bundle["accelerators"].values())
         for bundle in report["bundles"]
-        for entry in bundle["accelerators"].values()
     )
     return report
 
 
 def _bundle_report(path: Path, calls: int) -> dict[str, Any]:
-    bundle = Bundle.open(path, verify=True)
+    try:
+        bundle = Bundle.open(path, verify=True)
+    except BundleError as exc:
+        # One bad bundle is a failed entry of the report, not the end of the suite.
+        return {"bundle": str(path), "status": "failed", "reason": str(exc), "accelerators": {}}
     table = bundle.table
     golden = bundle.manifest["golden"]
     row_of = {item: row for row, item in enumerate(bundle.item_ids)}

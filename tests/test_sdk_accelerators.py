@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,19 @@ def test_shipped_device_suite_reports_cpu_passing_and_absent_accelerators_skippe
                 }
     if not GPU.present:
         assert report["table_scoring_on_gpu"]["status"] == "skipped"
+
+
+def test_a_corrupt_bundle_is_a_failed_entry_and_the_suite_goes_on(tmp_path) -> None:
+    from pocketrec.device_tests._bundles import shipped_bundles
+    from pocketrec.device_tests._suite import run_suite
+
+    good = shipped_bundles()[0]
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(good, corrupt)
+    table = next(p for p in corrupt.iterdir() if p.name.startswith("item_table"))
+    table.write_bytes(table.read_bytes()[:-8] + bytes(8))
+    report = run_suite([corrupt, good], calls=5)
+    failed, passed = report["bundles"]
+    assert failed["status"] == "failed" and "sha256" in failed["reason"]
+    assert passed["accelerators"]["cpu"]["status"] == "passed"
+    assert report["passed"] is False
