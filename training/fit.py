@@ -28,9 +28,15 @@ from pocketrec import _log
 from pocketrec.errors import PocketrecError
 from pocketrec.evaluation import Metrics, Split, evaluate
 from pocketrec.training._trained import TrainedModel
-from pocketrec.training.model import ModelConfig, build_item_tower, build_sequence_encoder
+from pocketrec.training.model import (
+    ModelConfig,
+    build_item_tower,
+    build_sequence_encoder,
+    title_word_ids,
+)
 
 LOSSES = ("auto", "full", "sampled")
+OBJECTIVES = ("auto", "sequence", "set")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ class TrainConfig:
     max_windows: int | None = None
     tensorboard_dir: str | None = None
     progress: bool = True
+    exclude_seen: bool = False
+    cold_start_weight: float = 0.0
+    objective: str = "sequence"
 
     def validate(self) -> None:
         """Raise ``ValueError`` for a setting out of range."""
@@ -83,6 +92,10 @@ class TrainConfig:
             raise ValueError(
                 f"expected learning_rate > 0 and weight_decay >= 0, got "
                 f"{self.learning_rate} and {self.weight_decay}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"expected TrainConfig.objective in {OBJECTIVES}, got {self.objective!r}"
             )
         if self.loss not in LOSSES:
             raise ValueError(f"expected TrainConfig.loss in {LOSSES}, got {self.loss!r}")
@@ -161,6 +174,8 @@ def train(
             "TrainConfig.tensorboard_dir is set but TensorBoard is not installed; install "
             "pocketrec[train] (it pins tensorboard) or set tensorboard_dir=None"
         )
+    if train_config.objective == "auto":
+        return _train_both_objectives(split, model_config, train_config, progress)
     show = train_config.progress if progress is None else progress
     length = model_config.history_length
     stride = train_config.window_stride or length
@@ -178,7 +193,12 @@ def train(
     tf_keras.utils.set_random_seed(train_config.seed)
     tf.config.experimental.enable_op_determinism()
     trained = TrainedModel(
-        build_item_tower(num_items, model_config, split.item_genres),
+        build_item_tower(
+            num_items,
+            model_config,
+            split.item_genres,
+            title_word_ids(split.titles, model_config),
+        ),
         build_sequence_encoder(model_config),
         model_config,
         item_ids=split.item_ids,
@@ -194,6 +214,7 @@ def train(
         trained,
         _optimizer(train_config, steps),
         log_q=np.log(popularity / popularity.sum()) if not full else None,
+        cold_start_weight=train_config.cold_start_weight,
     )
     writer = (
         tf.summary.create_file_writer(train_config.tensorboard_dir)
@@ -204,6 +225,10 @@ def train(
     best_ndcg, best_weights, waited = -1.0, None, 0
     for epoch in range(1, train_config.epochs + 1):
         started = time.perf_counter()
+        if train_config.objective == "set":
+            items, targets = make_windows(
+                [rng.permutation(sequence) for sequence in split.train], length, stride
+            )
         order = rng.permutation(len(items))[:windows_per_epoch]
         batches = range(0, len(order), train_config.batch_size)
         bar = _log.progress(
@@ -212,7 +237,15 @@ def train(
         total = 0.0
         for done, start in enumerate(bar, start=1):
             chosen = order[start : start + train_config.batch_size]
-            loss = float(step(tf.constant(items[chosen]), tf.constant(targets[chosen])))
+            loss = float(
+                step(
+                    tf.constant(items[chosen]),
+                    tf.constant(targets[chosen]),
+                    tf.constant(
+                        _seen_pairs(items[chosen], targets[chosen], train_config.exclude_seen)
+                    ),
+                )
+            )
             if not np.isfinite(loss):
                 raise PocketrecError(
                     f"the training loss became {loss} in epoch {epoch}; lower "
@@ -253,6 +286,33 @@ def train(
     return trained
 
 
+def _train_both_objectives(
+    split: Split, model_config: ModelConfig, train_config: TrainConfig, progress: bool | None
+) -> TrainedModel:
+    """Trains the sequence and the set model; keeps the better one on validation."""
+    candidates = {
+        "sequence": (model_config, dataclasses.replace(train_config, objective="sequence")),
+        "set": (
+            dataclasses.replace(model_config, encoder="mean"),
+            dataclasses.replace(train_config, objective="set"),
+        ),
+    }
+    trained: dict[str, TrainedModel] = {}
+    for name, (model_candidate, train_candidate) in candidates.items():
+        _log.LOGGER.info("objective %s (%s encoder) ...", name, model_candidate.encoder)
+        trained[name] = train(split, model_candidate, train_candidate, progress)
+    best_valid = {name: model.best_valid_ndcg for name, model in trained.items()}
+    chosen = max(best_valid, key=lambda name: best_valid[name])
+    _log.LOGGER.info(
+        "objective: %s (valid ndcg@10 %s)",
+        chosen,
+        ", ".join(f"{name} {value:.4f}" for name, value in best_valid.items()),
+    )
+    model = trained[chosen]
+    model.train_config["objective_candidates"] = best_valid
+    return model
+
+
 def _optimizer(train_config: TrainConfig, steps: int) -> tf_keras.optimizers.Optimizer:
     learning_rate: float | tf_keras.optimizers.schedules.LearningRateSchedule = (
         tf_keras.optimizers.schedules.CosineDecay(train_config.learning_rate, steps, alpha=0.1)
@@ -265,7 +325,10 @@ def _optimizer(train_config: TrainConfig, steps: int) -> tf_keras.optimizers.Opt
 
 
 def _step_function(
-    trained: TrainedModel, optimizer: tf_keras.optimizers.Optimizer, log_q: np.ndarray | None
+    trained: TrainedModel,
+    optimizer: tf_keras.optimizers.Optimizer,
+    log_q: np.ndarray | None,
+    cold_start_weight: float,
 ) -> Any:
     """One optimizer step on a batch of windows; returns the mean loss over real positions.
 
@@ -281,8 +344,8 @@ def _step_function(
     optimizer.build(variables)
     window = tf.TensorSpec([None, trained.config.history_length], tf.int32)
 
-    @tf.function(input_signature=[window, window])
-    def step(items: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    @tf.function(input_signature=[window, window, tf.TensorSpec([None, 2], tf.int32)])
+    def step(items: tf.Tensor, targets: tf.Tensor, seen: tf.Tensor) -> tf.Tensor:
         real = targets >= 0
         mask = tf.cast(real, tf.float32)
         with tf.GradientTape() as tape:
@@ -291,20 +354,54 @@ def _step_function(
             sequence = encoder({"history": history, "mask": mask}, training=True)
             outputs = tf.boolean_mask(sequence, real)
             labels = tf.boolean_mask(targets, real)
+            # The user vector of an empty history learns what users pick next with nothing
+            # known of them: the latest target of each window (cold start).
+            empty = encoder(
+                {"history": tf.zeros_like(history), "mask": tf.zeros_like(mask)}, training=True
+            )[:, -1, :]
+            cold_labels = targets[:, -1]
             if log_q_tensor is None:
                 logits = tf.matmul(outputs, table, transpose_b=True)
+                logits = tf.tensor_scatter_nd_update(
+                    logits, seen, tf.fill([tf.shape(seen)[0]], -1e9)
+                )
+                cold_logits = tf.matmul(empty, table, transpose_b=True)
             else:
-                candidates, labels = tf.unique(labels)
-                logits = tf.matmul(outputs, tf.gather(table, candidates), transpose_b=True)
-                logits -= tf.gather(log_q_tensor, candidates)
+                candidates, index = tf.unique(tf.concat([labels, cold_labels], 0))
+                labels, cold_labels = index[: tf.size(labels)], index[tf.size(labels) :]
+                candidate_table = tf.gather(table, candidates)
+                correction = tf.gather(log_q_tensor, candidates)
+                logits = tf.matmul(outputs, candidate_table, transpose_b=True) - correction
+                cold_logits = tf.matmul(empty, candidate_table, transpose_b=True) - correction
             loss = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             )
+            if cold_start_weight > 0:
+                loss += cold_start_weight * tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        labels=cold_labels, logits=cold_logits
+                    )
+                )
         gradients = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return loss
 
     return step
+
+
+def _seen_pairs(items: np.ndarray, targets: np.ndarray, enabled: bool) -> np.ndarray:
+    """(real position, item) pairs: at each position, the window's items up to it."""
+    if not enabled:
+        return np.zeros((0, 2), np.int32)
+    pairs = []
+    base = 0
+    for row_items, row_targets in zip(items, targets, strict=True):
+        real = int((row_targets >= 0).sum())
+        seen_items = row_items[len(row_items) - real :]
+        query, key = np.tril_indices(real)
+        pairs.append(np.stack([base + query, seen_items[key]], axis=1))
+        base += real
+    return np.concatenate(pairs).astype(np.int32)
 
 
 def _record(epoch: int, loss: float, valid: Metrics, seconds: float) -> dict[str, float]:
