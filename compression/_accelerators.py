@@ -4,11 +4,12 @@
   and without the default XNNPACK delegate; every op that the delegate's partitions
   replaced is counted as delegated, the rest run on the built-in reference kernels.
 - GPU: **measured** with ``ai_edge_litert.compiled_model.CompiledModel`` and
-  ``HardwareAccelerator.GPU`` where a GPU is present (``is_fully_accelerated()``);
-  otherwise **static**: a per-op support table (below) plus the delegate's rule that
-  every runtime tensor of a GPU op is float32 or float16. int8 kernels are a CPU format:
-  a full-integer model stays on the CPU (measured on an NVIDIA GPU, the int8 twin of the
-  attention tower also erred by 17%).
+  ``HardwareAccelerator.GPU`` where `pocketrec.sdk.accelerators.detect` finds a GPU
+  (``is_fully_accelerated()``); otherwise **static** (nothing is probed, so nothing is
+  printed; the report keeps detection's reason in ``gpu_absent``): a per-op support table
+  (below) plus the delegate's rule that every runtime tensor of a GPU op is float32 or
+  float16. int8 kernels are a CPU format: a full-integer model stays on the CPU (measured
+  on an NVIDIA GPU, the int8 twin of the attention tower also erred by 17%).
 - NPU: not evaluated. NNAPI is Android-only and deprecated since Android 15; LiteRT
   reaches NPUs through vendor dispatch libraries (Qualcomm, MediaTek, Intel OpenVINO)
   that ahead-of-time compile for one chip.
@@ -16,12 +17,14 @@
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from pocketrec.compression._inspect import Graph, load_interpreter, read_graph
+from pocketrec.errors import AcceleratorError
+from pocketrec.sdk._runtime import CompiledRunner, undelegated_ops
+from pocketrec.sdk.accelerators import NNAPI_NOTE, detect
 
 # Static GPU support table: the float ops the LiteRT/TFLite GPU delegate parses (from its
 # operation parsers), for a graph whose shapes are fixed. Ops not listed stay on the CPU.
@@ -84,9 +87,8 @@ GPU_SUPPORTED_OPS: frozenset[str] = frozenset(
 _GPU_DTYPES = frozenset({"float32", "float16"})
 
 NPU_NOTE = (
-    "not evaluated: NNAPI is Android-only and deprecated since Android 15; LiteRT reaches "
-    "NPUs through vendor dispatch libraries (Qualcomm, MediaTek, Intel OpenVINO) compiled "
-    "ahead of time for one chip"
+    f"not evaluated: {NNAPI_NOTE}; LiteRT reaches NPUs through vendor dispatch libraries "
+    "(Qualcomm, MediaTek, Intel OpenVINO) compiled ahead of time for one chip"
 )
 
 
@@ -105,6 +107,8 @@ class AcceleratorReport:
         gpu_fully_accelerated: whether the GPU takes the whole graph.
         gpu_rejected: op name -> why the GPU leaves it to the CPU (static only).
         npu: the NPU/NNAPI situation.
+        gpu_absent: why the GPU was not measured (detection's reason); None when it was,
+            or when the probe was not asked for.
     """
 
     ops: dict[str, int]
@@ -116,6 +120,7 @@ class AcceleratorReport:
     gpu_fully_accelerated: bool
     gpu_rejected: dict[str, str]
     npu: str = NPU_NOTE
+    gpu_absent: str | None = None
 
     @property
     def xnnpack_fully_delegated(self) -> bool:
@@ -136,6 +141,7 @@ class AcceleratorReport:
                 "supported": self.gpu_supported,
                 "fully_accelerated": self.gpu_fully_accelerated,
                 "rejected": dict(self.gpu_rejected),
+                "absent": self.gpu_absent,
             },
             "npu": self.npu,
         }
@@ -166,9 +172,9 @@ def accelerator_coverage(model: bytes, *, probe_gpu: bool = True) -> Accelerator
     """
     graph = read_graph(model)
     ops = Counter(node.op for node in graph.nodes)
-    delegated = _xnnpack_delegated(model)
-    on_cpu = Counter(node.op for node in graph.nodes if node.index not in delegated)
-    if probe_gpu and gpu_available():
+    on_cpu = undelegated_ops(load_interpreter(model, delegates=True))
+    gpu = detect("gpu") if probe_gpu else None
+    if gpu is not None and gpu.present:
         fully = _gpu_fully_accelerated(model)
         source, supported, rejected = "measured", len(graph.nodes) if fully else None, {}
     else:
@@ -178,110 +184,26 @@ def accelerator_coverage(model: bytes, *, probe_gpu: bool = True) -> Accelerator
     return AcceleratorReport(
         ops=dict(ops),
         num_ops=len(graph.nodes),
-        xnnpack_delegated=len(delegated),
-        xnnpack_on_cpu_kernels=dict(on_cpu),
+        xnnpack_delegated=len(graph.nodes) - sum(on_cpu.values()),
+        xnnpack_on_cpu_kernels=on_cpu,
         gpu_source=source,
         gpu_supported=supported,
         gpu_fully_accelerated=fully,
         gpu_rejected=rejected,
+        gpu_absent=None if gpu is None or gpu.present else gpu.detail,
     )
 
 
-@functools.cache
 def gpu_available() -> bool:
-    """Whether LiteRT's GPU accelerator starts here (probed once per process)."""
-    from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
-
-    try:
-        CompiledModel.from_buffer(_tiny_model(), hardware_accel=HardwareAccelerator.GPU)
-    except (RuntimeError, OSError):
-        return False
-    return True
+    """Whether LiteRT's GPU accelerator runs here (`pocketrec.sdk.accelerators.detect`)."""
+    return detect("gpu").present
 
 
 def _gpu_fully_accelerated(model: bytes) -> bool:
-    from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
-
     try:
-        compiled = CompiledModel.from_buffer(
-            model, hardware_accel=HardwareAccelerator.GPU | HardwareAccelerator.CPU
-        )
-    except RuntimeError:
+        return CompiledRunner(model, "gpu").fully_accelerated
+    except AcceleratorError:
         return False
-    return compiled.is_fully_accelerated()
-
-
-@functools.cache
-def _tiny_model() -> bytes:
-    # A one-op float model (ADD of an input to itself), built from the schema so the probe
-    # needs no converter and no TensorFlow.
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    tensor = schema.TensorT()
-    tensor.shape = [1, 4]
-    tensor.type = schema.TensorType.FLOAT32
-    tensor.buffer = 0
-    tensor.name = "x"
-    out = schema.TensorT()
-    out.shape = [1, 4]
-    out.type = schema.TensorType.FLOAT32
-    out.buffer = 0
-    out.name = "y"
-    op = schema.OperatorT()
-    op.opcodeIndex = 0
-    op.inputs = [0, 0]
-    op.outputs = [1]
-    op.builtinOptionsType = schema.BuiltinOptions.AddOptions
-    op.builtinOptions = schema.AddOptionsT()
-    subgraph = schema.SubGraphT()
-    subgraph.tensors = [tensor, out]
-    subgraph.inputs = [0]
-    subgraph.outputs = [1]
-    subgraph.operators = [op]
-    code = schema.OperatorCodeT()
-    code.builtinCode = schema.BuiltinOperator.ADD
-    code.deprecatedBuiltinCode = schema.BuiltinOperator.ADD
-    code.version = 1
-    model = schema.ModelT()
-    model.version = 3
-    model.operatorCodes = [code]
-    model.subgraphs = [subgraph]
-    model.buffers = [schema.BufferT()]
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _xnnpack_delegated(model: bytes) -> set[int]:
-    """Indices of the nodes that XNNPACK's partitions replaced.
-
-    A DELEGATE node consumes its partition's inputs and produces its outputs; walking
-    back from those outputs through the original producers, up to the partition's
-    inputs, visits exactly the replaced nodes.
-    """
-    interpreter = load_interpreter(model, delegates=True)
-    ops = interpreter._get_ops_details()
-    producer = {
-        int(t): int(op["index"]) for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]
-    }
-    by_index = {int(op["index"]): op for op in ops}
-    delegated: set[int] = set()
-    for op in ops:
-        if op["op_name"] != "DELEGATE":
-            continue
-        boundary = {int(t) for t in op["inputs"]}
-        stack = [int(t) for t in op["outputs"]]
-        seen: set[int] = set()
-        while stack:
-            tensor = stack.pop()
-            if tensor in boundary or tensor in seen or tensor not in producer:
-                continue
-            seen.add(tensor)
-            node = producer[tensor]
-            delegated.add(node)
-            stack.extend(int(t) for t in by_index[node]["inputs"] if t >= 0)
-    return delegated
 
 
 def _static_gpu_rejections(graph: Graph) -> dict[str, str]:

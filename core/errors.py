@@ -30,3 +30,7 @@ class ConversionError(PocketrecError):
 
 class HistoryStoreError(PocketrecError):
     """The on-device history store cannot be read or written (corrupt, locked, closed)."""
+
+
+class AcceleratorError(PocketrecError):
+    """An accelerator that was asked for is absent here, or must not run the bundle."""

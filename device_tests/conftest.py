@@ -11,31 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from device_tests._bundles import DEFAULT_RECIPES
+from pocketrec.device_tests._bundles import build_bundles, can_build
 
 
 @pytest.fixture(scope="session")
 def built_bundles(tmp_path_factory) -> dict[str, Path]:
     """Recipe name -> bundle, built once from a small synthetic training run."""
-    pytest.importorskip(
-        "tensorflow_model_optimization", reason="building bundles needs [compression]"
-    )
-    from pocketrec.compression import compress
-    from pocketrec.data import synthetic
-    from pocketrec.evaluation import leave_last_out
-    from pocketrec.training import ModelConfig, TrainConfig, train
-
-    split = leave_last_out(synthetic(num_users=150, num_items=120, seed=1))
-    trained = train(
-        split,
-        ModelConfig(embedding_dim=16, history_length=20, ffn_dim=32),
-        TrainConfig(epochs=1, seed=1),
-    )
-    out = tmp_path_factory.mktemp("device-bundles")
-    return {
-        name: compress(trained, name, out / name, split=split, measure=False).bundle
-        for name in DEFAULT_RECIPES
-    }
+    if not can_build():
+        pytest.skip("building bundles needs pocketrec[compression]")
+    return build_bundles(tmp_path_factory.mktemp("device-bundles"))
 
 
 @pytest.fixture

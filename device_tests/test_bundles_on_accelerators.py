@@ -3,7 +3,9 @@
 Accelerators: LiteRT's interpreter with XNNPACK (the default CPU path), the interpreter's
 reference kernels, `CompiledModel` on the CPU, and `CompiledModel` on the GPU (LiteRT's
 WebGPU accelerator over Vulkan). An accelerator that is absent is skipped with the reason.
-NNAPI is never present off Android.
+NNAPI is never present off Android. Presence and the reasons for absence come from
+`pocketrec.sdk.accelerators.detect`, as in the SDK; `python -m pocketrec.device_tests`
+runs the SDK's own paths and writes the JSON report.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from device_tests._bundles import bundle_names
+from pocketrec.device_tests._bundles import bundle_names
 from pocketrec.sdk import GOLDEN_TOLERANCE, Recommender, encode_histories
+from pocketrec.sdk.accelerators import ACCELERATOR_TOLERANCE, detect
 from pocketrec.sdk.contract import HISTORY_INPUT, MASK_INPUT, SIGNATURE_KEY, USER_VECTOR_OUTPUT
 
 ACCELERATORS = ("cpu-xnnpack", "cpu-reference", "compiled-cpu", "compiled-gpu", "npu-nnapi")
 # Relative error allowed on the GPU, which computes in float16: a float model's user vector
 # stays within it; an int8 model has no GPU kernels (a 17% error was seen on an NVIDIA GPU).
-GPU_TOLERANCE = 1e-2
+GPU_TOLERANCE = ACCELERATOR_TOLERANCE["gpu"]
 # Share of the golden top-k that an integer model must keep on another kernel library.
 MIN_TOP_K_OVERLAP = 0.7
 REPORT = os.environ.get("POCKETREC_DEVICE_REPORT")
@@ -110,7 +113,7 @@ def test_bundle_reproduces_its_golden_outputs(bundle: Path, accelerator: str):
     tolerance = GOLDEN_TOLERANCE[quantization]
 
     if accelerator == "npu-nnapi":
-        pytest.skip("NNAPI is Android-only (and deprecated since Android 15)")
+        pytest.skip(f"NPU: {detect('npu').detail}")
     if accelerator.startswith("cpu-"):
         resolver = (
             OpResolverType.AUTO
@@ -137,18 +140,13 @@ def test_bundle_reproduces_its_golden_outputs(bundle: Path, accelerator: str):
         assert error <= tolerance
         return
 
-    try:
-        actual, full = run_compiled(
-            model, history, mask, HardwareAccelerator.GPU | HardwareAccelerator.CPU
-        )
-    except RuntimeError as error:
-        missing = str(error)
-    else:
-        missing = None
-    # Skipped outside the handler: the error's frames (and LiteRT's environment) are
-    # released now, not at interpreter exit.
-    if missing is not None:
-        pytest.skip(f"no LiteRT GPU accelerator here (WebGPU over Vulkan): {missing}")
+    gpu = detect("gpu")
+    if not gpu.present:
+        pytest.skip(f"GPU: {gpu.detail}")
+    # Detection found a GPU: a model it cannot compile is a failure, not a skip.
+    actual, full = run_compiled(
+        model, history, mask, HardwareAccelerator.GPU | HardwareAccelerator.CPU
+    )
     error, kept = relative_error(actual, expected), overlap(actual)
     record(bundle, accelerator, relative_error=error, top_k_overlap=kept, fully_accelerated=full)
     if quantization == "int8":

@@ -20,20 +20,37 @@ are scored by numpy (`ItemTable.scores`) instead.
 by a second graph, built on its first call: FULLY_CONNECTED alone over ``BATCH_ROWS`` user
 vectors, the same kernel as the top-K graph's (XNNPACK quantizes each user row on its own),
 2-4x faster than numpy at 100k items.
+
+On a GPU (``accelerator="gpu"``, or ``"auto"`` past the measured crossover) a float32 or
+float16 table is also compiled, with its top-K fixed to `GPU_TOP_K`, by LiteRT's
+``CompiledModel`` for the GPU (ops it cannot run fall back to the CPU); `Scorer.top_k` runs
+there, and a call that asks for more, or whose K-th and (K+1)-th scores tie, is ranked on
+the CPU. int8/int4 tables stay on the CPU: integer kernels are a CPU format. Where the GPU
+starts to beat the CPU depends on the device, so `crossover_items` times both once per
+table dtype and dimension and keeps the answer in ``$XDG_CACHE_HOME/pocketrec/``
+(`crossover_cache_path`). Not yet measured on a GPU: see DEVELOPERS.md.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import statistics
 import threading
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
+from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from pocketrec.errors import BundleError
+from pocketrec.errors import AcceleratorError, BundleError
 from pocketrec.sdk._ranking import top_k
-from pocketrec.sdk._runtime import Interpreter
+from pocketrec.sdk._runtime import Interpreter, captured_native_stderr, failure_lines
+from pocketrec.sdk.accelerators import detect
 from pocketrec.sdk.flatbuffer import FILE_IDENTIFIER, AlignedBuffer
 from pocketrec.sdk.table import ItemTable
 
@@ -43,6 +60,14 @@ from pocketrec.sdk.table import ItemTable
 GRAPH_MIN_ITEMS = {"float32": 16384, "float16": 1024, "int8": 1024, "int4": 1024}
 # User vectors per call of the batch graph (a partial last chunk is padded with zeros).
 BATCH_ROWS = 64
+# Rows the GPU graph returns per call (a constant: accelerators compile fixed shapes).
+GPU_TOP_K = 128
+# Table dtypes the GPU scores; integer tables stay on the CPU's integer kernels.
+GPU_TABLE_DTYPES = ("float32", "float16")
+# Catalog sizes `measure_crossover` times on the CPU and on the accelerator.
+CROSSOVER_SIZES = (16_384, 65_536, 262_144, 1_048_576)
+_CACHE_FILE = "scoring-crossover.json"
+_cache_lock = threading.Lock()
 _WEIGHT_TYPE = {
     "float32": schema.TensorType.FLOAT32,
     "float16": schema.TensorType.FLOAT16,
@@ -58,19 +83,33 @@ class Scorer:
     one packed copy of the weights).
     """
 
-    def __init__(self, table: ItemTable, *, num_threads: int = 1, kernel: str = "auto") -> None:
+    def __init__(
+        self,
+        table: ItemTable,
+        *,
+        num_threads: int = 1,
+        kernel: str = "auto",
+        accelerator: str = "cpu",
+    ) -> None:
         """Builds the scoring graph for ``table`` (unless it is numpy's to score).
 
         Args:
             kernel: ``"graph"``, ``"numpy"``, or ``"auto"``: the graph from the table
                 dtype's `GRAPH_MIN_ITEMS` items on, numpy below.
+            accelerator: where `top_k` runs: ``"cpu"``; ``"gpu"``: a float table of a
+                graph's size on the GPU; ``"auto"``: on the GPU when one is present and
+                the table reaches `crossover_items` (measured on the first such table).
 
         Raises:
-            ValueError: for an unknown ``kernel``.
+            ValueError: for an unknown ``kernel`` or ``accelerator``.
             BundleError: if LiteRT rejects the graph built from the table.
+            AcceleratorError: ``"gpu"`` where no GPU is present, or the GPU cannot
+                compile the graph.
         """
         if kernel not in ("auto", "graph", "numpy"):
             raise ValueError(f"kernel must be 'auto', 'graph' or 'numpy', got {kernel!r}")
+        if accelerator not in ("cpu", "gpu", "auto"):
+            raise ValueError(f"accelerator must be 'cpu', 'gpu' or 'auto', got {accelerator!r}")
         if kernel == "auto":
             kernel = "graph" if table.num_items >= GRAPH_MIN_ITEMS[table.dtype] else "numpy"
         self.table = table
@@ -91,6 +130,11 @@ class Scorer:
             self._interpreter.tensor(self._mask)()[:] = 0.0
             # The first call packs the weights for XNNPACK: pay it here, before serving.
             self._run(np.zeros(table.dim, dtype=np.float32), 1, (), None)
+        self.accelerator = _scoring_place(table, kernel, accelerator)
+        self._compiled: CompiledTopK | None = None
+        if self.accelerator == "gpu":
+            self._compiled = CompiledTopK(table, "gpu")
+            self._compiled_mask = np.zeros(table.num_items, dtype=np.float32)
 
     def scores(self, user_vector: np.ndarray) -> np.ndarray:
         """This kernel's scores float32 ``[N]`` of every row for one user vector ``[D]``.
@@ -176,6 +220,10 @@ class Scorer:
             return rows, scores[rows]
         # One more than asked shows whether a tie crosses the boundary.
         wanted = min(k + 1, self.table.num_items)
+        if self._compiled is not None and wanted <= self._compiled.k:
+            found = self._compiled_top_k(user_vector, k, wanted, banned, allowed)
+            if found is not None:
+                return found
         with self._lock:
             self._run(user_vector, wanted, banned, allowed)
             values = self._interpreter.get_tensor(self._values)[0]
@@ -187,6 +235,34 @@ class Scorer:
                 scores = self._interpreter.get_tensor(self._masked)[0]
                 rows = top_k(scores, k)
                 return rows, scores[rows]
+        order = np.lexsort((rows, -values))[:k]
+        return rows[order], values[order]
+
+    def _compiled_top_k(
+        self,
+        user_vector: np.ndarray,
+        k: int,
+        wanted: int,
+        banned: Collection[int],
+        allowed: Collection[int] | None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The accelerator's top-``k``; None when a tie at the boundary needs the CPU."""
+        assert self._compiled is not None
+        with self._lock:
+            mask = self._compiled_mask
+            touched = _fill_mask(mask, banned, allowed)
+            try:
+                values, rows = self._compiled.run(user_vector, mask)
+            finally:
+                if touched is None:
+                    mask[:] = 0.0
+                else:
+                    mask[touched] = 0.0
+        values, rows = values[:wanted], rows[:wanted]
+        finite = np.isfinite(values)
+        values, rows = values[finite], rows[finite]
+        if len(rows) > k and values[k - 1] == values[k]:
+            return None
         order = np.lexsort((rows, -values))[:k]
         return rows[order], values[order]
 
@@ -214,6 +290,166 @@ class Scorer:
                 mask[touched] = 0.0
 
 
+class CompiledTopK:
+    """The top-K graph of a table with K fixed to `GPU_TOP_K`, compiled by ``CompiledModel``.
+
+    ``"gpu"`` runs it on the GPU with the CPU taking what the GPU cannot (`fully_accelerated`
+    says whether anything fell back); ``"cpu"`` compiles it for the CPU alone, the same code
+    path where no GPU is present. Not thread-safe: `Scorer` serializes calls.
+    """
+
+    def __init__(self, table: ItemTable, accelerator: str) -> None:
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+
+        self.k = min(GPU_TOP_K, table.num_items)
+        flags = HardwareAccelerator.CPU
+        if accelerator == "gpu":
+            flags = HardwareAccelerator.GPU | HardwareAccelerator.CPU
+        failure = None
+        with captured_native_stderr() as log:
+            try:
+                self._compiled = CompiledModel.from_buffer(
+                    scorer_model(table, top_k=self.k), hardware_accel=flags
+                )
+            except RuntimeError as exc:
+                failure = exc
+        if failure is not None:
+            said = "; ".join(failure_lines(log[0] if log else "", accelerator))
+            raise AcceleratorError(
+                f"LiteRT could not compile the scoring graph of a {table!r} for the "
+                f"{accelerator.upper()} ({said or str(failure).strip()}); score it on the CPU "
+                "(accelerator='cpu')"
+            ) from failure
+        self.fully_accelerated = self._compiled.is_fully_accelerated()
+        self._inputs = self._compiled.create_input_buffers(0)
+        self._outputs = self._compiled.create_output_buffers(0)
+
+    def run(self, user_vector: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, rows) of the ``k`` best scores after ``mask`` (0 or -inf per row)."""
+        user, masked = self._inputs
+        user.write(np.asarray(user_vector, dtype=np.float32).reshape(1, -1))
+        masked.write(mask.reshape(1, -1))
+        self._compiled.run_by_index(0, self._inputs, self._outputs)
+        values, rows = self._outputs
+        return values.read(self.k, np.float32), rows.read(self.k, np.int32).astype(np.int64)
+
+
+def crossover_cache_path() -> Path:
+    """Where measured crossovers are kept: ``$XDG_CACHE_HOME/pocketrec/`` (``~/.cache``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "pocketrec" / _CACHE_FILE
+
+
+def crossover_items(
+    dtype: str,
+    dim: int,
+    *,
+    measure: Callable[[str, int], dict[str, Any]] | None = None,
+) -> int | None:
+    """Fewest items from which the GPU scores a ``dtype`` table of ``dim`` faster; None if
+    it never did up to the largest size timed. Measured once per device (ai-edge-litert
+    version, dtype, dim) by ``measure`` (default `measure_crossover` on the GPU) and kept
+    in `crossover_cache_path`; an unreadable cache is measured again and rewritten.
+    """
+    key = f"ai-edge-litert {_litert_version()} {dtype} d{dim}"
+    path = crossover_cache_path()
+    with _cache_lock:
+        cache = _read_cache(path)
+        entry = cache.get(key)
+        if not (isinstance(entry, dict) and _valid_crossover(entry.get("crossover_items"))):
+            entry = (measure or measure_crossover)(dtype, dim)
+            cache[key] = entry
+            _write_cache(path, cache)
+    return entry["crossover_items"]
+
+
+def measure_crossover(
+    dtype: str,
+    dim: int,
+    *,
+    accelerator: str = "gpu",
+    sizes: tuple[int, ...] = CROSSOVER_SIZES,
+    calls: int = 30,
+) -> dict[str, Any]:
+    """Median `Scorer.top_k` time (k=10) on the CPU and compiled for ``accelerator`` for
+    random ``dtype`` tables of each of ``sizes`` items; the first size where the
+    accelerator is faster is ``crossover_items`` (None when it never is)."""
+    rng = np.random.default_rng(0)
+    user = rng.standard_normal(dim).astype(np.float32)
+    result: dict[str, Any] = {"sizes": list(sizes), "cpu_us": [], "accelerated_us": []}
+    result["accelerator"], result["crossover_items"] = accelerator, None
+    for size in sizes:
+        table = ItemTable.quantize(rng.standard_normal((size, dim)).astype(np.float32), dtype)
+        cpu, compiled = Scorer(table), CompiledTopK(table, accelerator)
+        mask = np.zeros(size, dtype=np.float32)
+        cpu_us = _median_us(lambda cpu=cpu: cpu.top_k(user, 10), calls)
+        accelerated_us = _median_us(lambda c=compiled, m=mask: c.run(user, m), calls)
+        result["cpu_us"].append(cpu_us)
+        result["accelerated_us"].append(accelerated_us)
+        if result["crossover_items"] is None and accelerated_us < cpu_us:
+            result["crossover_items"] = size
+    return result
+
+
+def _median_us(call: Callable[[], object], calls: int) -> float:
+    call()  # the first call pays for allocation and weight packing
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1e6, 1)
+
+
+def _scoring_place(table: ItemTable, kernel: str, accelerator: str) -> str:
+    """``"gpu"`` where ``accelerator`` lets a GPU score ``table`` (see `Scorer`), else cpu."""
+    if accelerator == "cpu" or table.dtype not in GPU_TABLE_DTYPES:
+        return "cpu"
+    gpu = detect("gpu")
+    if accelerator == "gpu":
+        if not gpu.present:
+            raise AcceleratorError(
+                f"accelerator='gpu' was asked for scoring, but no GPU is usable here: "
+                f"{gpu.detail}. Score on the CPU (accelerator='cpu')"
+            )
+        return "gpu" if kernel == "graph" else "cpu"
+    if not gpu.present or table.num_items < CROSSOVER_SIZES[0]:
+        return "cpu"  # no GPU, or a table smaller than any size timed: nothing to measure
+    crossover = crossover_items(table.dtype, table.dim)
+    return "gpu" if crossover is not None and table.num_items >= crossover else "cpu"
+
+
+def _valid_crossover(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_cache(path: Path, cache: dict[str, Any]) -> None:
+    """Replaces the cache file atomically; a cache that cannot be written is measured again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(cache, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(partial, path)
+    except OSError:
+        pass
+
+
+def _litert_version() -> str:
+    try:
+        return metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _fill_mask(
     mask: np.ndarray, banned: Collection[int], allowed: Collection[int] | None
 ) -> np.ndarray | None:
@@ -228,11 +464,13 @@ def _fill_mask(
     return None
 
 
-def scorer_model(table: ItemTable, *, batch: int | None = None) -> bytes:
+def scorer_model(table: ItemTable, *, batch: int | None = None, top_k: int | None = None) -> bytes:
     """The ``.tflite`` scoring graph of ``table`` (see the module docstring).
 
     With ``batch``, the graph of `Scorer.score_batch`: ``user_vectors [batch, D]`` through
-    the FULLY_CONNECTED alone to ``scores [batch, N]``.
+    the FULLY_CONNECTED alone to ``scores [batch, N]``. With ``top_k``, ``k`` is that
+    constant instead of an input (inputs ``user_vector``, ``mask``; outputs ``values``,
+    ``indices`` ``[1, top_k]``): the graph `CompiledTopK` compiles.
     """
     n, d = table.num_items, table.dim
     weights, quantization = _weights(table)
@@ -261,6 +499,11 @@ def scorer_model(table: ItemTable, *, batch: int | None = None) -> bytes:
             _operator(2, [5, 2], [6, 7], schema.BuiltinOptions.TopKV2Options, top_options),
         ]
         inputs, outputs, table_index = [0, 1, 2], [6, 7, 5], 3
+        if top_k is not None:
+            buffers.append(AlignedBuffer(np.array(top_k, dtype=np.int32)))
+            tensors[2].buffer = len(buffers) - 1
+            tensors[6].shape = tensors[7].shape = [1, top_k]
+            inputs, outputs = [0, 1], [6, 7]
     else:
         tensors = [
             _tensor("user_vectors", [batch, d], f32),

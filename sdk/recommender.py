@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,13 +22,16 @@ from pocketrec.sdk._history import HistoryStore, Upload
 from pocketrec.sdk._ids import item_ids, user_id
 from pocketrec.sdk._runtime import UserTower
 from pocketrec.sdk._scorer import Scorer
+from pocketrec.sdk.accelerators import ACCELERATOR_CHOICES, Placement, choose, golden_tolerance
 from pocketrec.sdk.bundle import Bundle, check_golden
+from pocketrec.sdk.contract import check_choice
 from pocketrec.sdk.table import ItemTable
 
 # Histories scored per interpreter call in the batch API: bounds the [B, L, D] input.
 _BATCH = 256
 # The history store's secret that keys user pseudonyms.
 _PSEUDONYM_KEY = "user-pseudonym-key"
+LOGGER = logging.getLogger("pocketrec.sdk")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,15 @@ class RecommenderOptions:
             HMAC-SHA-256 of the id under a key that never leaves the history file) instead
             of the app's user id.
         max_queued_events: most events waiting for upload (the oldest beyond are dropped).
+        accelerator: where the user tower runs: ``"cpu"`` (the LiteRT interpreter with
+            XNNPACK), ``"gpu"`` or ``"npu"`` (LiteRT ``CompiledModel``; absent ones raise
+            `pocketrec.errors.AcceleratorError` naming what is missing, and an int8 bundle
+            is refused on the GPU), or ``"auto"``: the GPU when present and the model is
+            not int8, else the CPU (logged once). The golden self-check runs where the
+            model serves, with `pocketrec.sdk.accelerators.golden_tolerance`. With
+            ``"gpu"``/``"auto"`` large float tables are scored on the GPU too (see
+            `pocketrec.sdk._scorer`). `pocketrec.sdk.accelerators.detect_all` says what
+            is present here.
     """
 
     bundle: Bundle | str | Path
@@ -59,6 +72,7 @@ class RecommenderOptions:
     queue_events: bool = True
     pseudonymous_users: bool = True
     max_queued_events: int = 100_000
+    accelerator: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -114,8 +128,15 @@ class _Serving:
     that picked one up finishes with it.
     """
 
-    def __init__(self, bundle: Bundle, towers: queue.Queue[UserTower], scorer: Scorer) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        towers: queue.Queue[UserTower],
+        scorer: Scorer,
+        placement: Placement,
+    ) -> None:
         self.bundle = bundle
+        self.placement = placement
         self.table = bundle.table
         self.item_ids = bundle.item_ids
         self.row_of = {item_id: row for row, item_id in enumerate(bundle.item_ids)}
@@ -164,6 +185,7 @@ class Recommender:
         _check_options(options)
         self._options = options
         self._swap_lock = threading.Lock()
+        self._fallback_logged: str | None = None
         self._serving = self._prepare(options.bundle, verify=options.verify)
         history_path = ":memory:" if options.history_path is None else options.history_path
         self._store: HistoryStore | None = HistoryStore(
@@ -214,6 +236,23 @@ class Recommender:
     def history_length(self) -> int:
         """``L``, how many of the most recent history items the model sees."""
         return self._serving.history_length
+
+    @property
+    def accelerator(self) -> str:
+        """Where the user tower runs now: ``"cpu"``, ``"gpu"`` or ``"npu"``."""
+        return self._serving.placement.accelerator
+
+    @property
+    def fully_delegated(self) -> bool:
+        """Whether the accelerator's delegate runs the whole user tower (on the CPU:
+        XNNPACK; otherwise some ops fall back to LiteRT's CPU kernels)."""
+        with self._current().tower() as tower:
+            return tower.fully_delegated
+
+    @property
+    def scoring_accelerator(self) -> str:
+        """Where the item table is scored: ``"cpu"`` or ``"gpu"``."""
+        return self._serving.scorer.accelerator
 
     def swap(self, bundle: Bundle | str | Path, *, verify: bool | None = None) -> None:
         """Serves ``bundle`` from now on, atomically, while other threads keep recommending.
@@ -401,6 +440,7 @@ class Recommender:
     def _prepare(
         self, source: Bundle | str | Path, *, verify: bool, current: _Serving | None = None
     ) -> _Serving:
+        asked_to_verify = verify
         if isinstance(source, Bundle):
             bundle = source
             # A bundle already serving was checked when it started.
@@ -410,7 +450,12 @@ class Recommender:
             verify = False  # checksums and golden outputs were checked by open
         else:
             raise TypeError(f"bundle must be a Bundle or a bundle directory path, got {source!r}")
-        if current is not None and current.bundle.model_sha256 == bundle.model_sha256:
+        placement = choose(self._options.accelerator, bundle.quantization)
+        if (
+            current is not None
+            and current.bundle.model_sha256 == bundle.model_sha256
+            and current.placement.accelerator == placement.accelerator
+        ):
             towers = current.towers
         else:
             towers = queue.Queue()
@@ -421,16 +466,31 @@ class Recommender:
                         num_threads=self._options.num_threads,
                         history_length=bundle.history_length,
                         dim=bundle.embedding_dim,
+                        accelerator=placement.accelerator,
                     )
                 )
         if current is not None and current.table is bundle.table:
             scorer = current.scorer
         else:
-            scorer = Scorer(bundle.table, num_threads=self._options.num_threads)
-        serving = _Serving(bundle, towers, scorer)
-        if verify:
+            scorer = Scorer(
+                bundle.table,
+                num_threads=self._options.num_threads,
+                accelerator=_scoring_accelerator(self._options.accelerator),
+            )
+        serving = _Serving(bundle, towers, scorer, placement)
+        # Bundle.open checked the CPU; a bundle served elsewhere is checked there as well.
+        on_accelerator = (
+            asked_to_verify
+            and placement.accelerator != "cpu"
+            and (current is None or bundle is not current.bundle)
+        )
+        if verify or on_accelerator:
+            tolerance = golden_tolerance(placement.accelerator, bundle.quantization)
             with serving.tower() as tower:
-                check_golden(bundle, tower)
+                check_golden(bundle, tower, tolerance=tolerance)
+        if placement.fallback is not None and placement.fallback != self._fallback_logged:
+            LOGGER.info("accelerator='auto' runs the user tower on the CPU: %s", placement.fallback)
+            self._fallback_logged = placement.fallback
         return serving
 
     def _current(self) -> _Serving:
@@ -480,9 +540,15 @@ def _title(item: dict[str, Any]) -> str | None:
     return title if isinstance(title, str) else None
 
 
+def _scoring_accelerator(requested: str) -> str:
+    """Where a `Scorer` may score: the GPU only when the GPU was asked for, or ``auto``."""
+    return requested if requested in ("gpu", "auto") else "cpu"
+
+
 def _check_options(options: RecommenderOptions) -> None:
     if not isinstance(options, RecommenderOptions):
         raise ValueError(f"options must be RecommenderOptions, got {type(options).__name__}")
+    check_choice(options.accelerator, ACCELERATOR_CHOICES, "accelerator")
     for name in ("num_threads", "max_history_events", "interpreter_pool_size"):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
