@@ -78,7 +78,7 @@ def without_items(split: Split, held: np.ndarray) -> Split:
         item_genres=split.item_genres[keep],
         genre_names=split.genre_names,
         titles=[title for title, kept in zip(split.titles, keep, strict=True) if kept],
-        stats={**split.stats, "items_held_out": int(len(held))},
+        stats={**split.stats, "items_held_out": len(held)},
     )
 
 
@@ -139,9 +139,8 @@ def run_cold_bench(split: Split, config: ColdBenchConfig) -> dict[str, Any]:
 
     if not 0.0 < config.holdout < 1.0:
         raise ValueError(f"expected 0 < holdout < 1, got {config.holdout}")
-    train_config = TrainConfig(seed=config.seed, progress=False)
-    if config.epochs is not None:
-        train_config = TrainConfig(seed=config.seed, progress=False, epochs=config.epochs)
+    epochs = {} if config.epochs is None else {"epochs": config.epochs}
+    train_config = TrainConfig(seed=config.seed, progress=False, **epochs)
     started = time.perf_counter()
     trained = train(split, ModelConfig(), train_config)
     users = new_users(trained, split)

@@ -28,6 +28,7 @@ from pocketrec.training import (
     build_user_tower,
     export_bundle,
     make_windows,
+    title_word_ids,
     train,
 )
 
@@ -106,15 +107,26 @@ def test_attention_user_vector_ignores_padding_rows() -> None:
     )
 
 
-def test_item_tower_adds_genres_only_when_asked() -> None:
+def test_item_tower_adds_genres_and_title_words_only_when_asked() -> None:
     split = tiny_split()
-    with_genres = build_item_tower(split.num_items, tiny_model_config(), split.item_genres)
-    without = build_item_tower(
-        split.num_items, tiny_model_config(use_genres=False), split.item_genres
-    )
-    assert "genre_projection" in [layer.name for layer in with_genres.layers]
-    assert "genre_projection" not in [layer.name for layer in without.layers]
-    assert with_genres(np.arange(4, dtype=np.int32)).shape == (4, DIM)
+
+    def feature_layers(**changes: object) -> list[str]:
+        tower = build_item_tower(split.num_items, tiny_model_config(**changes), split.item_genres)
+        assert tower(np.arange(4, dtype=np.int32)).shape == (4, DIM)
+        return [layer.name for layer in tower.get_layer("feature_encoder").layers]
+
+    assert {"genre_projection", "title_words"} <= set(feature_layers())
+    assert "genre_projection" not in feature_layers(use_genres=False)
+    assert "title_words" not in feature_layers(use_titles=False)
+
+
+def test_title_words_hash_stably_into_buckets_and_pad_with_zero() -> None:
+    config = tiny_model_config(title_buckets=64, title_words=4)
+    ids = title_word_ids(["Toy Story (1995)", "toy STORY", None, "a b c d e f"], config)
+    assert ids.shape == (4, 4) and ids.dtype == np.int32
+    assert (ids[0, :2] == ids[1, :2]).all() and ids[0, 2] > 0 and ids[1, 2] == 0
+    assert (ids[2] == 0).all() and (ids[3] > 0).all()
+    assert ids.max() < 64 and (title_word_ids(["Toy Story (1995)"], config) == ids[:1]).all()
 
 
 def test_trained_model_scores_every_item_from_the_float32_table(trained: TrainedModel) -> None:

@@ -51,6 +51,8 @@ class TrainedModel:
         titles: title of each item row (None where unknown).
         history: one dict per epoch (``train/loss``, ``valid/ndcg@10``, ...).
         best_epoch: the epoch whose weights were kept (0 when unknown).
+        cold_start_vector: float32 ``[D]``, the user vector of a user with no known history
+            (`pocketrec.training.cold_start`); None when not fitted.
         train_config: the `TrainConfig` as a dict, plus ``"softmax"``: ``"full"`` or
             ``"sampled"``, the loss that was used.
     """
@@ -67,6 +69,7 @@ class TrainedModel:
         titles: Sequence[str | None] | None = None,
         history: list[dict[str, float]] | None = None,
         best_epoch: int = 0,
+        cold_start_vector: np.ndarray | None = None,
         train_config: dict[str, Any] | None = None,
     ) -> None:
         self.item_tower = item_tower
@@ -89,6 +92,9 @@ class TrainedModel:
             )
         self.history = list(history or [])
         self.best_epoch = best_epoch
+        self.cold_start_vector = (
+            None if cold_start_vector is None else np.asarray(cold_start_vector, np.float32)
+        )
         self.train_config = dict(train_config or {})
 
     @property
@@ -119,7 +125,7 @@ class TrainedModel:
         encoder = self.item_tower.get_layer("feature_encoder")
         genres = np.asarray(item_genres, dtype=np.float32).reshape(len(titles), -1)
         words = title_word_ids(titles, self.config)
-        return np.asarray(encoder({"genres": genres, "words": words}), dtype=np.float32)
+        return np.array(encoder({"genres": genres, "words": words}), dtype=np.float32)
 
     def item_table(self) -> ItemTable:
         """The float32 `ItemTable` of `item_vectors`, as a bundle ships it before compression."""
@@ -174,6 +180,9 @@ class TrainedModel:
             "titles": self.titles,
             "history": self.history,
             "best_epoch": self.best_epoch,
+            "cold_start_vector": None
+            if self.cold_start_vector is None
+            else self.cold_start_vector.tolist(),
         }
         (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2), encoding="utf-8")
         return directory
@@ -230,5 +239,6 @@ class TrainedModel:
             titles=document["titles"],
             history=document["history"],
             best_epoch=document["best_epoch"],
+            cold_start_vector=document["cold_start_vector"],
             train_config=document["train_config"],
         )

@@ -28,6 +28,7 @@ from pocketrec import _log
 from pocketrec.errors import PocketrecError
 from pocketrec.evaluation import Metrics, Split, evaluate
 from pocketrec.training._trained import TrainedModel
+from pocketrec.training.cold_start import cold_start_vector
 from pocketrec.training.model import (
     ModelConfig,
     build_item_tower,
@@ -80,7 +81,6 @@ class TrainConfig:
     tensorboard_dir: str | None = None
     progress: bool = True
     exclude_seen: bool = False
-    cold_start_weight: float = 0.0
     objective: str = "sequence"
 
     def validate(self) -> None:
@@ -214,7 +214,6 @@ def train(
         trained,
         _optimizer(train_config, steps),
         log_q=np.log(popularity / popularity.sum()) if not full else None,
-        cold_start_weight=train_config.cold_start_weight,
     )
     writer = (
         tf.summary.create_file_writer(train_config.tensorboard_dir)
@@ -283,6 +282,7 @@ def train(
     assert best_weights is not None
     trained.item_tower.set_weights(best_weights[0])
     trained.encoder.set_weights(best_weights[1])
+    trained.cold_start_vector = cold_start_vector(trained.item_vectors(), split.histories("test"))
     return trained
 
 
@@ -328,7 +328,6 @@ def _step_function(
     trained: TrainedModel,
     optimizer: tf_keras.optimizers.Optimizer,
     log_q: np.ndarray | None,
-    cold_start_weight: float,
 ) -> Any:
     """One optimizer step on a batch of windows; returns the mean loss over real positions.
 
@@ -354,34 +353,18 @@ def _step_function(
             sequence = encoder({"history": history, "mask": mask}, training=True)
             outputs = tf.boolean_mask(sequence, real)
             labels = tf.boolean_mask(targets, real)
-            # The user vector of an empty history learns what users pick next with nothing
-            # known of them: the latest target of each window (cold start).
-            empty = encoder(
-                {"history": tf.zeros_like(history), "mask": tf.zeros_like(mask)}, training=True
-            )[:, -1, :]
-            cold_labels = targets[:, -1]
             if log_q_tensor is None:
                 logits = tf.matmul(outputs, table, transpose_b=True)
                 logits = tf.tensor_scatter_nd_update(
                     logits, seen, tf.fill([tf.shape(seen)[0]], -1e9)
                 )
-                cold_logits = tf.matmul(empty, table, transpose_b=True)
             else:
-                candidates, index = tf.unique(tf.concat([labels, cold_labels], 0))
-                labels, cold_labels = index[: tf.size(labels)], index[tf.size(labels) :]
-                candidate_table = tf.gather(table, candidates)
-                correction = tf.gather(log_q_tensor, candidates)
-                logits = tf.matmul(outputs, candidate_table, transpose_b=True) - correction
-                cold_logits = tf.matmul(empty, candidate_table, transpose_b=True) - correction
+                candidates, labels = tf.unique(labels)
+                logits = tf.matmul(outputs, tf.gather(table, candidates), transpose_b=True)
+                logits -= tf.gather(log_q_tensor, candidates)
             loss = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             )
-            if cold_start_weight > 0:
-                loss += cold_start_weight * tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(
-                        labels=cold_labels, logits=cold_logits
-                    )
-                )
         gradients = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return loss
