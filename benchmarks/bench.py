@@ -3,7 +3,9 @@
 `pocketrec bench --data PATH --out OUT` (or `python benchmarks/bench.py ...`, the same
 command) trains or loads the float model, builds every recipe's bundle, and measures each
 one with the on-device runtime in one run on one machine. Writes `results.json`,
-`results.md` and `pareto.png` into OUT.
+`results.md` and `pareto.png` into OUT. With several seeds (`--seeds 0,1,2`) it trains,
+compresses and evaluates once per seed and adds the mean ± std over seeds; the baselines
+are deterministic and run once.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pocketrec import _log
 from pocketrec.errors import PocketrecError
+
+if TYPE_CHECKING:
+    from pocketrec.evaluation import BaselineResult, Split
+    from pocketrec.training import TrainedModel
 
 QUICK_USERS = 200
 
@@ -41,7 +47,8 @@ class BenchConfig:
         quick: a small user sample, few epochs and calls (for CI).
         calls: timed calls per latency figure (after warm-up).
         epochs: training epochs (None: the training default, or 2 in quick mode).
-        seed: seeds the sample, the training and the recipes.
+        seeds: one training run per seed; the first also seeds the quick sample, and its
+            bundles are the ones whose latency is measured.
         baselines: tune and measure the baselines too (rows of kind "baseline").
     """
 
@@ -51,8 +58,32 @@ class BenchConfig:
     quick: bool = False
     calls: int = 1000
     epochs: int | None = None
-    seed: int = 0
+    seeds: Sequence[int] = (0,)
     baselines: bool = True
+
+    def validate(self) -> None:
+        """Raises ValueError on seeds that cannot make a run."""
+        seeds = list(self.seeds)
+        if not seeds:
+            raise ValueError("seeds is empty; give at least one seed, e.g. seeds=(0,)")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds {seeds} repeat a seed; give each seed once")
+        if self.model_dir is not None and len(seeds) > 1:
+            raise ValueError(
+                f"a saved model ({self.model_dir}) is one training run, but {len(seeds)} "
+                "seeds were given; give one seed, or drop the model to train one per seed"
+            )
+
+
+# What the summary averages over seeds: test metrics, then validation ones.
+SUMMARY_METRICS = (
+    "ndcg_at_10",
+    "hr_at_10",
+    "mrr",
+    "valid_ndcg_at_10",
+    "valid_hr_at_10",
+    "valid_mrr",
+)
 
 
 def dataset_name(source: str) -> str:
@@ -140,16 +171,18 @@ def _measure_in_subprocess(bundle: Path, histories: list[list[str]], calls: int)
 
 def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
     """Runs the benchmark on an interaction log; returns what `results.json` holds."""
-    from pocketrec.compression import RECIPES, compress
-    from pocketrec.evaluation import BaselineResult, leave_last_out, run_baselines
+    from pocketrec.compression import RECIPES
+    from pocketrec.evaluation import leave_last_out, run_baselines
     from pocketrec.training import ModelConfig, TrainConfig, TrainedModel, run_training
 
     started = time.perf_counter()
+    config.validate()
+    seeds = [int(seed) for seed in config.seeds]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     split = leave_last_out(interactions)
     if config.quick:
-        split = sample_users(split, QUICK_USERS, config.seed)
+        split = sample_users(split, QUICK_USERS, seeds[0])
     names = list(config.recipes) if config.recipes is not None else list(RECIPES)
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:
@@ -159,31 +192,88 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
     names.insert(0, "float32")
 
     baselines: dict[str, BaselineResult] = {}
-    if config.model_dir is not None:
-        trained = TrainedModel.load(config.model_dir)
-        if config.baselines:
-            baselines = run_baselines(split)
-    else:
-        default_epochs = 2 if config.quick else TrainConfig.epochs
-        epochs = config.epochs if config.epochs is not None else default_epochs
-        train_config = TrainConfig(seed=config.seed, epochs=epochs)
-        run = run_training(split, ModelConfig(), train_config, out, baselines=config.baselines)
-        trained, baselines = run.trained, run.baselines
+    baselines_seconds = None
+    if config.baselines:
+        _log.LOGGER.info("baselines (tuned on validation) ...")
+        clock = time.perf_counter()
+        baselines = run_baselines(split)
+        baselines_seconds = time.perf_counter() - clock
+    default_epochs = 2 if config.quick else TrainConfig.epochs
+    epochs = config.epochs if config.epochs is not None else default_epochs
+    calls = config.calls if not config.quick else min(config.calls, 200)
+    rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    for index, seed in enumerate(seeds):
+        # One seed keeps the plain layout (OUT/model, OUT/bundles); several get a folder each.
+        seed_dir = Path() if len(seeds) == 1 else Path(f"seed-{seed}")
+        train_seconds = None
+        if config.model_dir is not None:
+            trained = TrainedModel.load(config.model_dir)
+        else:
+            _log.LOGGER.info("seed %d: training ...", seed)
+            clock = time.perf_counter()
+            run = run_training(
+                split,
+                ModelConfig(),
+                TrainConfig(seed=seed, epochs=epochs),
+                out / seed_dir,
+                baselines=False,
+            )
+            train_seconds = time.perf_counter() - clock
+            trained = run.trained
+        runs.append({"seed": seed, "train_seconds": train_seconds})
+        rows += _bundle_rows(
+            trained, names, split, out, seed_dir, seed, calls=calls if index == 0 else None
+        )
+    rows += [baseline_row(result) for result in baselines.values()]
+    results = {
+        "rows": rows,
+        "summary": summarize(rows),
+        "runs": runs,
+        "machine": machine_info(),
+        "data": {
+            "source": dataset_name(interactions.source),
+            "users": split.num_users,
+            "items": split.num_items,
+            "quick": config.quick,
+        },
+        "seeds": seeds,
+        "latency_seed": seeds[0],
+        "calls": calls,
+        "baselines_seconds": baselines_seconds,
+        "seconds": time.perf_counter() - started,
+    }
+    write_outputs(results, out)
+    return results
+
+
+def _bundle_rows(
+    trained: TrainedModel,
+    names: Sequence[str],
+    split: Split,
+    out: Path,
+    seed_dir: Path,
+    seed: int,
+    *,
+    calls: int | None,
+) -> list[dict[str, Any]]:
+    """One row per recipe of one seed's model; latency only when `calls` is given."""
+    from pocketrec.compression import compress
 
     # The latest L test-time events of each user: what a device holds when it recommends.
     recent = trained.config.history_length
     histories = [[str(split.item_ids[i]) for i in h[-recent:]] for h in split.histories("test")]
-    calls = config.calls if not config.quick else min(config.calls, 200)
     rows: list[dict[str, Any]] = []
-    for name in _log.progress(names, "recipes"):
-        bundle_dir = Path("bundles", name)  # recorded relative to OUT
+    for name in _log.progress(names, f"recipes (seed {seed})"):
+        bundle_dir = seed_dir / "bundles" / name  # recorded relative to OUT
         result = compress(trained, name, out / bundle_dir, split=split)
-        bundle, size, test = result.bundle, result.sizes, result.metrics["test"]
-        timing = _measure_in_subprocess(bundle, histories, calls)
+        size, test, valid = result.sizes, result.metrics["test"], result.metrics["valid"]
+        timing = _measure_in_subprocess(result.bundle, histories, calls) if calls else None
         rows.append(
             {
                 "variant": name,
                 "kind": "bundle",
+                "seed": seed,
                 "model_bytes": size["model"]["raw"],
                 "table_bytes": size["table"]["raw"],
                 "bundle_bytes": size["model"]["raw"] + size["table"]["raw"],
@@ -191,14 +281,16 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
                 "hr_at_10": test.hr_at_10,
                 "ndcg_at_10": test.ndcg_at_10,
                 "mrr": test.mrr,
-                "valid_ndcg_at_10": result.metrics["valid"].ndcg_at_10,
-                "p50_us": timing["recommend"]["p50_us"],
-                "p99_us": timing["recommend"]["p99_us"],
-                "user_tower_p50_us": timing["user_tower"]["p50_us"],
-                "user_tower_p99_us": timing["user_tower"]["p99_us"],
-                "load_ms": timing["load_ms"],
-                "peak_rss_mb": timing["peak_rss_mb"],
-                "tensorflow_loaded_on_device": timing["tensorflow_loaded"],
+                "valid_ndcg_at_10": valid.ndcg_at_10,
+                "valid_hr_at_10": valid.hr_at_10,
+                "valid_mrr": valid.mrr,
+                "p50_us": timing["recommend"]["p50_us"] if timing else None,
+                "p99_us": timing["recommend"]["p99_us"] if timing else None,
+                "user_tower_p50_us": timing["user_tower"]["p50_us"] if timing else None,
+                "user_tower_p99_us": timing["user_tower"]["p99_us"] if timing else None,
+                "load_ms": timing["load_ms"] if timing else None,
+                "peak_rss_mb": timing["peak_rss_mb"] if timing else None,
+                "tensorflow_loaded_on_device": timing["tensorflow_loaded"] if timing else None,
                 "sparsity": result.sparsity,
                 "gpu_fully_accelerated": result.accelerators.gpu_fully_accelerated,
                 "gpu_source": result.accelerators.gpu_source,
@@ -211,78 +303,151 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
             row[f"{metric}_change"] = (row[metric] - reference[metric]) / reference[metric]
         row["size_ratio"] = reference["bundle_bytes"] / row["bundle_bytes"]
         row["gzip_ratio"] = reference["gzip_bytes"] / row["gzip_bytes"]
+    return rows
 
-    for name, result in baselines.items():
-        rows.append(
-            {
-                "variant": name,
-                "kind": "baseline",
-                "model_bytes": None,
-                "table_bytes": None,
-                "bundle_bytes": None,
-                "gzip_bytes": None,
-                "hr_at_10": result.test.hr_at_10,
-                "ndcg_at_10": result.test.ndcg_at_10,
-                "mrr": result.test.mrr,
-                "valid_ndcg_at_10": result.valid.ndcg_at_10,
-                "p50_us": None,
-                "p99_us": None,
-                "params": result.params,
-            }
-        )
-    results = {
-        "rows": rows,
-        "machine": machine_info(),
-        "data": {
-            "source": dataset_name(interactions.source),
-            "users": split.num_users,
-            "items": split.num_items,
-            "quick": config.quick,
-        },
-        "seed": config.seed,
-        "calls": calls,
-        "seconds": time.perf_counter() - started,
+
+def baseline_row(result: BaselineResult) -> dict[str, Any]:
+    """A baseline's row; a skipped baseline is a row too, with the reason and no metrics."""
+    row: dict[str, Any] = {
+        "variant": result.name,
+        "kind": "baseline",
+        "seed": None,
+        "model_bytes": None,
+        "table_bytes": None,
+        "bundle_bytes": None,
+        "gzip_bytes": None,
+        "p50_us": None,
+        "p99_us": None,
     }
-    write_outputs(results, out)
-    return results
+    if result.skipped is not None:
+        return {**row, "skipped": result.skipped}
+    assert result.valid is not None and result.test is not None
+    return {
+        **row,
+        "hr_at_10": result.test.hr_at_10,
+        "ndcg_at_10": result.test.ndcg_at_10,
+        "mrr": result.test.mrr,
+        "valid_ndcg_at_10": result.valid.ndcg_at_10,
+        "valid_hr_at_10": result.valid.hr_at_10,
+        "valid_mrr": result.valid.mrr,
+        "params": result.params,
+    }
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std over seeds of `SUMMARY_METRICS`, one entry per variant.
+
+    A deterministic baseline has one row: its std is None. A skipped baseline keeps its
+    reason.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["kind"], row["variant"]), []).append(row)
+    summary = []
+    for (kind, variant), group in groups.items():
+        entry: dict[str, Any] = {"variant": variant, "kind": kind, "seeds": len(group)}
+        if "skipped" in group[0]:
+            summary.append({**entry, "skipped": group[0]["skipped"]})
+            continue
+        for metric in SUMMARY_METRICS:
+            values = np.array([row[metric] for row in group], dtype=np.float64)
+            entry[metric] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+            }
+        summary.append(entry)
+    return summary
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+def _per_seed_cells(row: dict[str, Any]) -> list[str]:
+    if row["kind"] == "baseline":
+        label = f"baseline: {row['variant']}"
+        if "skipped" in row:
+            return [label, "", f"skipped: {row['skipped']}", *[""] * 12]
+        return [
+            label, "", "", "", "", "",
+            f"{row['hr_at_10']:.4f}", f"{row['ndcg_at_10']:.4f}", "", f"{row['mrr']:.4f}",
+            f"{row['valid_ndcg_at_10']:.4f}", "", "", "", "",
+        ]  # fmt: skip
+    timed = row["p50_us"] is not None
+    return [
+        row["variant"],
+        str(row["seed"]),
+        f"{row['model_bytes'] / 1024:.1f}",
+        f"{row['table_bytes'] / 1024:.1f}",
+        f"{row['gzip_bytes'] / 1024:.1f}",
+        f"{row['size_ratio']:.2f} / {row['gzip_ratio']:.2f}",
+        f"{row['hr_at_10']:.4f}",
+        f"{row['ndcg_at_10']:.4f}",
+        f"{100 * row['ndcg_at_10_change']:+.1f}%",
+        f"{row['mrr']:.4f}",
+        f"{row['valid_ndcg_at_10']:.4f} ({100 * row['valid_ndcg_at_10_change']:+.1f}%)",
+        f"{row['user_tower_p50_us']:.0f}" if timed else "",
+        f"{row['p50_us']:.0f} / {row['p99_us']:.0f}" if timed else "",
+        f"{row['load_ms']:.1f}" if timed else "",
+        f"{row['peak_rss_mb']:.0f}" if timed else "",
+    ]
+
+
+def _summary_cells(entry: dict[str, Any]) -> list[str]:
+    label = entry["variant"] if entry["kind"] == "bundle" else f"baseline: {entry['variant']}"
+    if "skipped" in entry:
+        return [label, "", f"skipped: {entry['skipped']}", *[""] * (len(SUMMARY_METRICS) - 1)]
+    cells = [label, str(entry["seeds"]) if entry["kind"] == "bundle" else "deterministic"]
+    for metric in SUMMARY_METRICS:
+        mean, std = entry[metric]["mean"], entry[metric]["std"]
+        cells.append(f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}")
+    return cells
 
 
 def results_markdown(results: dict[str, Any]) -> str:
-    """The results as a Markdown table."""
-    lines = [
-        "| variant | model KiB | table KiB | gzip KiB | × smaller (raw/gzip) | HR@10 | NDCG@10 "
-        "| ΔNDCG | MRR | valid NDCG@10 (Δ) | tower p50 µs | recommend p50/p99 µs | load ms "
-        "| RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in results["rows"]:
-        if row["kind"] == "baseline":
-            lines.append(
-                f"| baseline: {row['variant']} | | | | | {row['hr_at_10']:.4f} | "
-                f"{row['ndcg_at_10']:.4f} | | {row['mrr']:.4f} | "
-                f"{row['valid_ndcg_at_10']:.4f} | | | | |"
-            )
-            continue
-        lines.append(
-            f"| {row['variant']} | {row['model_bytes'] / 1024:.1f} | "
-            f"{row['table_bytes'] / 1024:.1f} | {row['gzip_bytes'] / 1024:.1f} | "
-            f"{row['size_ratio']:.2f} / {row['gzip_ratio']:.2f} | {row['hr_at_10']:.4f} | "
-            f"{row['ndcg_at_10']:.4f} | {100 * row['ndcg_at_10_change']:+.1f}% | "
-            f"{row['mrr']:.4f} | {row['valid_ndcg_at_10']:.4f} "
-            f"({100 * row['valid_ndcg_at_10_change']:+.1f}%) | {row['user_tower_p50_us']:.0f} | "
-            f"{row['p50_us']:.0f} / {row['p99_us']:.0f} | {row['load_ms']:.1f} | "
-            f"{row['peak_rss_mb']:.0f} |"
-        )
+    """The results as Markdown: a per-seed table, then (several seeds) mean ± std."""
+    header = [
+        "variant", "seed", "model KiB", "table KiB", "gzip KiB", "× smaller (raw/gzip)",
+        "HR@10", "NDCG@10", "ΔNDCG", "MRR", "valid NDCG@10 (Δ)", "tower p50 µs",
+        "recommend p50/p99 µs", "load ms", "RSS MB",
+    ]  # fmt: skip
+    lines = _markdown_table(header, [_per_seed_cells(row) for row in results["rows"]])
     machine = results["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    trained = [run for run in results["runs"] if run["train_seconds"] is not None]
+    training = (
+        "Training time: "
+        + ", ".join(f"seed {run['seed']} {run['train_seconds']:.0f} s" for run in trained)
+        + ". "
+        if trained
+        else "Model loaded, not trained. "
+    )
+    baselines = (
+        f"Baselines (tuned once, deterministic): {results['baselines_seconds']:.0f} s. "
+        if results["baselines_seconds"] is not None
+        else ""
+    )
     lines += [
         "",
         f"{results['data']['source']}: {results['data']['users']:,} users, "
         f"{results['data']['items']:,} items; test split of the temporal leave-last-out "
-        f"protocol (validation where marked), full ranking; Δ is relative to float32. "
-        f"Latency: {results['calls']} calls after warm-up, 1 thread, "
-        f"{machine['cpu']} ({machine['cores']} cores); {versions}.",
+        f"protocol (validation where marked), full ranking; Δ is relative to float32 of the "
+        f"same seed. {training}{baselines}"
+        f"Latency (seed {results['latency_seed']}'s bundles only): {results['calls']} calls "
+        f"after warm-up, 1 thread, {machine['cpu']} ({machine['cores']} cores); {versions}.",
     ]
+    if len(results["seeds"]) > 1:
+        summary_header = [
+            "variant", "seeds", "test NDCG@10", "test HR@10", "test MRR", "valid NDCG@10",
+            "valid HR@10", "valid MRR",
+        ]  # fmt: skip
+        lines += [
+            "",
+            f"Mean ± sample std over seeds {', '.join(map(str, results['seeds']))}:",
+            "",
+            *_markdown_table(summary_header, [_summary_cells(e) for e in results["summary"]]),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -291,8 +456,14 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
 
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(results_markdown(results))
+    # The latency panel needs the timed seed; skipped baselines have no accuracy to draw.
+    plotted = [
+        row
+        for row in results["rows"]
+        if row["seed"] == results["latency_seed"] or (row["seed"] is None and "skipped" not in row)
+    ]
     pareto_plot(
-        results["rows"],
+        plotted,
         out / "pareto.png",
         title=f"pocketrec variants on {results['data']['source']}",
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -86,12 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         _register_export,
         _register_compress,
         _register_recommend,
+        _register_search,
         _register_sync,
         _register_embed_items,
         _register_bench,
         _register_bench_sync,
         _register_bench_latency,
         _register_bench_cold,
+        _register_bench_search,
         _register_keys,
         _register_publish,
         _register_rollout,
@@ -551,12 +554,40 @@ def _register_recommend(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Recommend items from a bundle for a history of item ids, or for a user whose "
             "events are stored in a history database. With both, the given history follows "
-            "the stored one."
+            "the stored one. Each item says which history items it is most like."
         ),
     )
+    _add_serving_arguments(parser)
+
+
+def _register_search(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "search",
+        _search,
+        help="search a bundle's items by text, ordered for a user (no TensorFlow)",
+        description=(
+            "Finds the items whose text (title, genres, any text metadata) matches QUERY, "
+            "typos included, and orders them by the bundle's mix of text match and the "
+            "user's taste (--history and/or --user, as recommend). An empty QUERY is "
+            "recommend. Each item says which query words it matched and which history "
+            "items it is most like."
+        ),
+    )
+    _add_serving_arguments(parser, query=True)
+
+
+def _add_serving_arguments(parser: argparse.ArgumentParser, *, query: bool = False) -> None:
+    """The arguments `recommend` and `search` share (BUNDLE first, then search's QUERY)."""
     parser.add_argument("bundle", metavar="BUNDLE", help="bundle directory")
+    if query:
+        parser.add_argument("query", metavar="QUERY", help='search text, e.g. "space adventure"')
     parser.add_argument(
-        "--history", nargs="+", metavar="ID", default=None, help="item ids, oldest first"
+        "--history",
+        nargs="+",
+        metavar="ID",
+        default=None,
+        help="item ids, oldest first (spaces or commas between them)",
     )
     parser.add_argument("--user", metavar="U", help="user whose stored history to use")
     parser.add_argument(
@@ -568,19 +599,44 @@ def _register_recommend(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _recommend(args: argparse.Namespace) -> int:
+    return _serve_results(
+        args, lambda recommender, history: recommender.recommend(history, user=args.user, k=args.k)
+    )
+
+
+def _search(args: argparse.Namespace) -> int:
+    return _serve_results(
+        args,
+        lambda recommender, history: recommender.search(
+            args.query, user=args.user, history=history, k=args.k
+        ),
+    )
+
+
+def _serve_results(args: argparse.Namespace, call: Callable[[Recommender, Any], Any]) -> int:
+    """Opens the bundle, runs ``call(recommender, history)`` and prints its results."""
     from pocketrec.sdk import Recommender
 
     if args.user is not None and args.history_db is None:
         raise CommandError("--user needs --history-db PATH (where the events are)")
+    history = None
+    if args.history is not None:
+        history = [i for value in args.history for i in value.split(",") if i]
     with Recommender.open(
         args.bundle, num_threads=args.threads, history_path=args.history_db
     ) as recommender:
-        result = recommender.recommend(args.history, user=args.user, k=args.k)
+        result = call(recommender, history)
     if args.json:
         # json.dumps escapes every control character: the document is safe as it is.
         document = {
             "items": [
-                {"item_id": r.item_id, "score": r.score, "title": r.title} for r in result.items
+                {
+                    "item_id": r.item_id,
+                    "score": r.score,
+                    "title": r.title,
+                    "because": [dataclasses.asdict(reason) for reason in r.because],
+                }
+                for r in result.items
             ],
             "unknown_items": result.unknown_items,
         }
@@ -592,8 +648,21 @@ def _recommend(args: argparse.Namespace) -> int:
         )
     for rank, r in enumerate(result.items, start=1):
         title = printable(r.title) if r.title is not None else "(no title)"
-        print(f"{rank:>3}. {r.score:9.4f}  {printable(r.item_id):<12} {title}")
+        why = _because(r.because)
+        print(f"{rank:>3}. {r.score:9.4f}  {printable(r.item_id):<12} {title}{why}")
     return 0
+
+
+def _because(reasons: Sequence[Any]) -> str:
+    """``  (matches "space"; because you watched A, B)`` from a result's reasons, or ""."""
+    parts = []
+    words = [f'"{printable(r.value)}"' for r in reasons if r.kind == "query"]
+    if words:
+        parts.append("matches " + ", ".join(words))
+    watched = [printable(r.title or r.value) for r in reasons if r.kind == "history"]
+    if watched:
+        parts.append("because you watched " + ", ".join(watched))
+    return f"  ({'; '.join(parts)})" if parts else ""
 
 
 def _register_sync(subparsers: argparse._SubParsersAction) -> None:
@@ -721,6 +790,40 @@ def _bench_sync(args: argparse.Namespace) -> int:
     return bench_main(config, out)
 
 
+def _register_bench_search(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "bench-search",
+        _bench_search,
+        help="personalised search quality and latency on the leave-last-out split",
+        description=(
+            "Makes a query per user from the held-out item (one of its genres, one or two "
+            "title words, a title word with one typo), ranks the bundle's text matches by "
+            "BM25 alone, BM25 + popularity and BM25 + the user vector, tunes each one's "
+            "alpha and BM25 b on validation, and prints test NDCG@10/HR@10 per query kind, "
+            "search and recommend p50, and the issue's targets."
+        ),
+    )
+    parser.add_argument("bundle", metavar="BUNDLE", help="a bundle trained on --data")
+    parser.add_argument("--data", required=True, help="the MovieLens folder or delimited file")
+    parser.add_argument("--seed", type=int, default=0, help="picks query words and typos")
+    parser.add_argument("--out", metavar="DIR", help="also write search.json here")
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help="write the tuned settings and text_index.bin into BUNDLE",
+    )
+
+
+def _bench_search(args: argparse.Namespace) -> int:
+    out = writable_dir(args.out) if args.out else None
+    from pocketrec.benchmarks.search_bench import SearchBenchConfig
+    from pocketrec.benchmarks.search_bench import main as bench_main
+
+    config = SearchBenchConfig(bundle=Path(args.bundle), data=args.data, seed=args.seed)
+    return bench_main(config, out, save=args.save)
+
+
 def _register_bench_latency(subparsers: argparse._SubParsersAction) -> None:
     parser = _subcommand(
         subparsers,
@@ -839,7 +942,27 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="a small sample, for CI")
     parser.add_argument("--calls", type=int, default=1000, help="timed calls per figure")
     parser.add_argument("--epochs", type=int, help="training epochs")
+    parser.add_argument(
+        "--seeds",
+        type=_seed_list,
+        metavar="S1,S2,...",
+        help="train, compress and evaluate once per seed and report mean ± std "
+        "(default: the one --seed); latency is measured for the first seed only",
+    )
     parser.add_argument("--no-baselines", action="store_true")
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2), for `--seeds`."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 0,1,2, got {text!r}"
+        ) from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds {text!r} repeat a seed; give each seed once")
+    return seeds
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -856,7 +979,7 @@ def _bench(args: argparse.Namespace) -> int:
             quick=args.quick,
             calls=args.calls,
             epochs=args.epochs,
-            seed=args.seed,
+            seeds=args.seeds if args.seeds is not None else (args.seed,),
             baselines=not args.no_baselines,
         ),
     )

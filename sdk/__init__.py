@@ -19,11 +19,13 @@ from pocketrec.sdk.bundle import (
 from pocketrec.sdk.contract import QUANTIZATIONS, SIGNATURE_KEY, TABLE_DTYPES
 from pocketrec.sdk.recommender import (
     Filters,
+    Reason,
     Recommendation,
     Recommendations,
     Recommender,
     RecommenderOptions,
 )
+from pocketrec.sdk.search import SearchSettings
 from pocketrec.sdk.table import ItemTable
 
 __all__ = [
@@ -37,10 +39,12 @@ __all__ = [
     "HistoryStore",
     "ItemTable",
     "QueuedEvent",
+    "Reason",
     "Recommendation",
     "Recommendations",
     "Recommender",
     "RecommenderOptions",
+    "SearchSettings",
     "UserTower",
     "bundle_size",
     "encode_histories",

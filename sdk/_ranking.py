@@ -1,8 +1,64 @@
-"""Top-K selection shared by bundle golden outputs and the recommender."""
+"""Top-K selection and the result types shared by bundle golden outputs, recommend and search."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One reason a result came back.
+
+    Attributes:
+        kind: ``"history"``: an item of the history whose vector is close to the result's;
+            ``"query"``: a search query word the result's text matches.
+        value: the history item's id, or the query word (normalized, as matched).
+        title: the history item's title, when the bundle knows it.
+        weight: for ``"history"``, the dot product of the two item vectors (the larger, the
+            more that item pulled the result up); for ``"query"``, 0.
+    """
+
+    kind: Literal["history", "query"]
+    value: str
+    title: str | None = None
+    weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item; ``title`` is None when the bundle has no metadata for it.
+
+    ``because`` says why: the matched query words (search only), then up to 3 history
+    items most similar to it, most similar first (empty for an empty history).
+    """
+
+    item_id: str
+    score: float
+    title: str | None = None
+    because: tuple[Reason, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """Result of `Recommender.recommend` and `Recommender.search`, best item first.
+
+    Attributes:
+        items: at most ``k`` recommendations.
+        unknown_items: history ids not in the bundle's item table; they were ignored.
+        model_version: the bundle that served them (`Bundle.model_version`).
+    """
+
+    items: list[Recommendation] = field(default_factory=list)
+    unknown_items: int = 0
+    model_version: str = ""
+
+    @property
+    def item_ids(self) -> list[str]:
+        """The recommended item ids, best first."""
+        return [r.item_id for r in self.items]
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

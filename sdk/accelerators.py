@@ -32,8 +32,7 @@ from pathlib import Path
 
 from pocketrec.errors import AcceleratorError
 from pocketrec.sdk._runtime import captured_native_stderr, failure_lines
-from pocketrec.sdk.bundle import GOLDEN_TOLERANCE
-from pocketrec.sdk.contract import check_choice
+from pocketrec.sdk.contract import GOLDEN_TOLERANCE, check_choice
 
 # What `RecommenderOptions.accelerator` accepts; `auto` picks the GPU when one is present.
 ACCELERATOR_CHOICES = ("cpu", "auto", "gpu", "npu")

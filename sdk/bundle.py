@@ -32,8 +32,10 @@ from pocketrec.sdk._encoding import encode_histories
 from pocketrec.sdk._ids import item_ids as checked_item_ids
 from pocketrec.sdk._ranking import top_k
 from pocketrec.sdk._runtime import UserTower, model_op_types
+from pocketrec.sdk._text_index import TextIndex
 from pocketrec.sdk.contract import (
     ACCELERATORS,
+    GOLDEN_TOLERANCE,
     HISTORY_INPUT,
     MASK_INPUT,
     QUANTIZATIONS,
@@ -41,6 +43,7 @@ from pocketrec.sdk.contract import (
     USER_VECTOR_OUTPUT,
     check_choice,
 )
+from pocketrec.sdk.search import TEXT_INDEX_FILE, SearchSettings
 from pocketrec.sdk.table import ItemTable
 
 # 2: integer tables may store float16 row scales. Version 1 bundles still open.
@@ -53,15 +56,6 @@ GOLDEN_K = 10
 # Reads of a saved bundle whose version was replaced meanwhile are retried this often.
 _OPEN_ATTEMPTS = 3
 
-# Largest golden user-vector deviation the CPU self-check allows, relative to
-# max(1, max|golden vector|), per model quantization. Golden outputs are recorded by
-# XNNPACK, which the SDK runs on every CPU. Measured with benchmarks/golden_tolerance.py:
-# XNNPACK at 1 and 2 threads agrees exactly; LiteRT's optimized builtin kernels differ by
-# 4e-7 (float32, float16), 3.1e-3 (dynamic) and 5.8e-2 (int8). The float bounds leave 25x
-# headroom over the builtins, dynamic 3x; int8 allows about 2.5 output quantization steps of
-# another CPU's XNNPACK, below what the builtin int8 kernels differ. Accelerators get their
-# own tolerances.
-GOLDEN_TOLERANCE = {"float32": 1e-5, "float16": 1e-5, "dynamic": 1e-2, "int8": 2e-2}
 # Golden scores are recomputed from the golden user vectors with the item table alone,
 # which is plain numpy on the same stored values: only summation order differs.
 _TABLE_TOLERANCE = 1e-4
@@ -100,11 +94,13 @@ class Bundle:
         *,
         source: str,
         items_json: bytes | None = None,
+        text_index: bytes | None = None,
     ) -> None:
         """Wraps parts that were already checked; use the class methods instead.
 
         ``items`` is kept, not copied (every factory hands over fresh dicts);
-        ``items_json``, when given, is their ``items.json`` as already serialised.
+        ``items_json``, when given, is their ``items.json`` as already serialised;
+        ``text_index`` is the optional ``text_index.bin``.
         """
         self._manifest = copy.deepcopy(dict(manifest))
         self._model = bytes(model)
@@ -113,6 +109,7 @@ class Bundle:
         self._item_ids = tuple(item["id"] for item in self._items)
         self._source = source
         self._items_json = items_json
+        self._text_index = text_index
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -156,7 +153,8 @@ class Bundle:
         table = ItemTable.load(directory, manifest["table"], mmap=mmap)
         items = _parse_items(_read_file(directory / ITEMS_FILE), directory / ITEMS_FILE)
         model = _read_file(directory / manifest["model"]["file"])
-        return cls._checked(manifest, model, table, items, str(directory))
+        text_index = _read_file(directory / TEXT_INDEX_FILE) if TEXT_INDEX_FILE in files else None
+        return cls._checked(manifest, model, table, items, str(directory), text_index=text_index)
 
     @classmethod
     def from_files(
@@ -181,7 +179,10 @@ class Bundle:
         table = ItemTable.from_files(manifest["table"], files)
         items = _parse_items(files[ITEMS_FILE], where / ITEMS_FILE)
         model = files[manifest["model"]["file"]]
-        bundle = cls._checked(manifest, model, table, items, source, files[ITEMS_FILE])
+        text_index = files.get(TEXT_INDEX_FILE) if TEXT_INDEX_FILE in manifest["files"] else None
+        bundle = cls._checked(
+            manifest, model, table, items, source, files[ITEMS_FILE], text_index=text_index
+        )
         if verify:
             bundle.verify()
         return bundle
@@ -199,7 +200,8 @@ class Bundle:
         """The bundle ``manifest`` describes, from its parts already in memory.
 
         The files are serialised as `save` writes them and each must match the manifest's
-        sha256 (e.g. a catalog rebuilt from synced rows against the signed manifest).
+        sha256 (e.g. a catalog rebuilt from synced rows against the signed manifest); a
+        text index the manifest lists is rebuilt from ``items``.
 
         Raises:
             BundleError: if a digest, the manifest or (with ``verify``) the golden
@@ -212,8 +214,12 @@ class Bundle:
             raise BundleError(
                 f"the manifest's table entry {document['table']!r} is not the table's {entry!r}"
             )
-        files[ITEMS_FILE] = _items_bytes([dict(item) for item in items])
+        plain_items = [dict(item) for item in items]
+        files[ITEMS_FILE] = _items_bytes(plain_items)
         files[document["model"]["file"]] = bytes(model)
+        if TEXT_INDEX_FILE in document["files"]:
+            settings = _search_settings(document)
+            files[TEXT_INDEX_FILE] = TextIndex.build(plain_items, settings.text).to_bytes()
         files[MANIFEST_FILE] = manifest_bytes
         return cls.from_files(files, verify=verify, source="<parts>")
 
@@ -262,6 +268,8 @@ class Bundle:
         accelerator: str = "cpu",
         extra: Mapping[str, Any] | None = None,
         golden_histories: Sequence[Sequence[str]] | None = None,
+        search: SearchSettings | None = None,
+        text_index: bool = False,
     ) -> Bundle:
         """A new bundle in memory, with golden outputs recorded by this CPU's runtime.
 
@@ -281,6 +289,11 @@ class Bundle:
             extra: free-form JSON-able data.
             golden_histories: histories of external ids whose outputs are recorded for the
                 self-check; default: a few picked deterministically (one empty).
+            search: search settings for the manifest; default: none recorded, so
+                `search_settings` gives the SDK's defaults.
+            text_index: also write ``text_index.bin``, the search index of the items'
+                text (about 1.5 s per 100k items to build); without it the device builds
+                it on the first search.
 
         Raises:
             ValueError: for inconsistent arguments.
@@ -313,7 +326,9 @@ class Bundle:
             "golden": golden,
             "extra": _jsonable(dict(extra or {})),
         }
-        return cls._assembled(manifest, model, table, items)
+        if search is not None or text_index:
+            manifest["search"] = (search or SearchSettings()).to_dict()
+        return cls._assembled(manifest, model, table, items, text_index=text_index)
 
     def with_metrics(self, metrics: Mapping[str, Any]) -> Bundle:
         """The same bundle with ``metrics`` in its manifest (e.g. once it was evaluated)."""
@@ -334,6 +349,7 @@ class Bundle:
             self._items,
             source=self._source,
             items_json=self._items_json,
+            text_index=self._text_index,
         )
 
     def with_items(
@@ -344,7 +360,9 @@ class Bundle:
     ) -> Bundle:
         """The same model with another item table: a new catalog in the same embedding space.
 
-        Golden outputs are recorded again (history vectors come from the table).
+        Golden outputs are recorded again (history vectors come from the table); the
+        search settings are kept, and a text index is rebuilt for the new items if this
+        bundle has one.
 
         Raises:
             ValueError: if the table's dimension is not the model's, or ids are bad.
@@ -367,6 +385,44 @@ class Bundle:
             quantization=model["quantization"],
             accelerator=model["accelerator"],
             extra=self._manifest["extra"],
+            search=self.search_settings if "search" in self._manifest else None,
+            text_index=self._text_index is not None,
+        )
+
+    def with_search(
+        self, settings: SearchSettings | None = None, *, text_index: bool | None = None
+    ) -> Bundle:
+        """The same bundle with other search settings and/or with or without a text index.
+
+        Args:
+            settings: recorded in the manifest; None keeps the current ones.
+            text_index: ship ``text_index.bin`` (built, or rebuilt when the tokenizer
+                settings change) or not; None keeps whether it ships.
+        """
+        settings = self.search_settings if settings is None else settings
+        if not isinstance(settings, SearchSettings):
+            raise TypeError(f"settings must be a SearchSettings, got {type(settings).__name__}")
+        ship = self._text_index is not None if text_index is None else text_index
+        index = None
+        if ship:
+            index = self._text_index
+            if index is None or settings.text != self.search_settings.text:
+                index = TextIndex.build(self._items, settings.text).to_bytes()
+        manifest = copy.deepcopy(self._manifest)
+        manifest["search"] = settings.to_dict()
+        files = dict(manifest["files"])
+        files.pop(TEXT_INDEX_FILE, None)
+        if index is not None:
+            files[TEXT_INDEX_FILE] = hashlib.sha256(index).hexdigest()
+        manifest["files"] = dict(sorted(files.items()))
+        return Bundle(
+            manifest,
+            self._model,
+            self._table,
+            self._items,
+            source=self._source,
+            items_json=self._items_json,
+            text_index=index,
         )
 
     def files(self) -> dict[str, bytes]:
@@ -374,6 +430,8 @@ class Bundle:
         _, contents = self._table.to_files()
         contents[self._manifest["model"]["file"]] = self._model
         contents[ITEMS_FILE] = self._items_file()
+        if self._text_index is not None:
+            contents[TEXT_INDEX_FILE] = self._text_index
         contents[MANIFEST_FILE] = _json_bytes(self._manifest)
         return contents
 
@@ -476,6 +534,17 @@ class Bundle:
         return [dict(item) for item in self._items]
 
     @property
+    def search_settings(self) -> SearchSettings:
+        """The manifest's search settings, or the defaults when it records none."""
+        return _search_settings(self._manifest)
+
+    @property
+    def text_index(self) -> bytes | None:
+        """``text_index.bin`` as shipped, or None when the bundle has none (see
+        `pocketrec.sdk.search`; the device then builds the index from the items)."""
+        return self._text_index
+
+    @property
     def source(self) -> str:
         """Where the bundle came from: its version directory, ``<memory>`` or ``<archive>``."""
         return self._source
@@ -548,17 +617,28 @@ class Bundle:
         model: bytes,
         table: ItemTable,
         items: list[dict[str, Any]],
+        *,
+        text_index: bool = False,
     ) -> Bundle:
         """Fills the manifest's table entry and checksums from the files' contents."""
         entry, contents = table.to_files()
         contents[MODEL_FILE] = model
         contents[ITEMS_FILE] = _items_bytes(items)
+        if text_index:
+            settings = _search_settings(manifest)
+            contents[TEXT_INDEX_FILE] = TextIndex.build(items, settings.text).to_bytes()
         manifest["table"] = entry
         manifest["files"] = {
             name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())
         }
         return cls(
-            manifest, model, table, items, source="<memory>", items_json=contents[ITEMS_FILE]
+            manifest,
+            model,
+            table,
+            items,
+            source="<memory>",
+            items_json=contents[ITEMS_FILE],
+            text_index=contents.get(TEXT_INDEX_FILE),
         )
 
     @classmethod
@@ -570,6 +650,8 @@ class Bundle:
         items: list[dict[str, Any]],
         source: str,
         items_json: bytes | None = None,
+        *,
+        text_index: bytes | None = None,
     ) -> Bundle:
         """Cross-checks parsed parts: table and items against the manifest's counts."""
         count, dim = manifest["item_count"], manifest["embedding_dim"]
@@ -582,7 +664,15 @@ class Bundle:
             raise BundleError(
                 f"{source}: {ITEMS_FILE} holds {len(items)} items, the manifest says {count}"
             )
-        return cls(manifest, model, table, items, source=source, items_json=items_json)
+        return cls(
+            manifest,
+            model,
+            table,
+            items,
+            source=source,
+            items_json=items_json,
+            text_index=text_index,
+        )
 
 
 def write_bundle(out_dir: str | Path, **parts: Any) -> Path:
@@ -797,7 +887,21 @@ def _parse_manifest(data: bytes, directory: Path) -> dict[str, Any]:
         raise BundleError(
             f"{path}: manifest 'files' must list {unlisted} with their sha256; rewrite the bundle"
         )
+    try:
+        _search_settings(manifest)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(
+            f"{path}: manifest 'search' is not valid search settings ({exc}); rewrite it with "
+            "Bundle.with_search"
+        ) from exc
     return manifest
+
+
+def _search_settings(manifest: Mapping[str, Any]) -> SearchSettings:
+    """The manifest's optional ``search`` field (defaults when absent)."""
+    if "search" not in manifest:
+        return SearchSettings()
+    return SearchSettings.from_dict(manifest["search"])
 
 
 def _parse_items(data: bytes, path: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,14 +19,28 @@ import numpy as np
 from pocketrec.errors import BundleError
 from pocketrec.sdk._ann import ApproximateIndex
 from pocketrec.sdk._encoding import encode_histories
+from pocketrec.sdk._explain import explained
 from pocketrec.sdk._history import HistoryStore, Upload
 from pocketrec.sdk._ids import item_ids, user_id
+from pocketrec.sdk._ranking import Reason, Recommendation, Recommendations
 from pocketrec.sdk._runtime import UserTower
 from pocketrec.sdk._scorer import Scorer
+from pocketrec.sdk._text import words
 from pocketrec.sdk.accelerators import ACCELERATOR_CHOICES, Placement, choose, golden_tolerance
 from pocketrec.sdk.bundle import Bundle, check_golden
 from pocketrec.sdk.contract import COLD_START_VECTOR, check_choice
+from pocketrec.sdk.search import Searcher, user_scores
 from pocketrec.sdk.table import ItemTable
+
+# The result types live beside the ranking code that search shares; exported from here.
+__all__ = [
+    "Filters",
+    "Reason",
+    "Recommendation",
+    "Recommendations",
+    "Recommender",
+    "RecommenderOptions",
+]
 
 # Histories scored per interpreter call in the batch API: bounds the [B, L, D] input.
 _BATCH = 256
@@ -93,35 +107,6 @@ class Filters:
     where: Callable[[dict[str, Any]], bool] | None = None
 
 
-@dataclass(frozen=True)
-class Recommendation:
-    """One recommended item; ``title`` is None when the bundle has no metadata for it."""
-
-    item_id: str
-    score: float
-    title: str | None = None
-
-
-@dataclass(frozen=True)
-class Recommendations:
-    """Result of `Recommender.recommend`, best item first.
-
-    Attributes:
-        items: at most ``k`` recommendations.
-        unknown_items: history ids not in the bundle's item table; they were ignored.
-        model_version: the bundle that served them (`Bundle.model_version`).
-    """
-
-    items: list[Recommendation] = field(default_factory=list)
-    unknown_items: int = 0
-    model_version: str = ""
-
-    @property
-    def item_ids(self) -> list[str]:
-        """The recommended item ids, best first."""
-        return [r.item_id for r in self.items]
-
-
 class _Serving:
     """One bundle ready to serve: its row lookup, titles, interpreters and scorer.
 
@@ -149,6 +134,7 @@ class _Serving:
         self.scorer = scorer
         self._index: ApproximateIndex | None = None
         self._index_lock = threading.Lock()
+        self._searcher: Searcher | None = None
 
     def approximate_index(self, num_threads: int) -> ApproximateIndex:
         """The HNSW index of this table, built on the first call that asks for it."""
@@ -156,6 +142,14 @@ class _Serving:
             if self._index is None:
                 self._index = ApproximateIndex(self.table, num_threads=num_threads)
             return self._index
+
+    def searcher(self) -> Searcher:
+        """The text index of these items, read from the bundle or built on first use."""
+        with self._index_lock:
+            if self._searcher is None:
+                bundle = self.bundle
+                self._searcher = Searcher.of(self.items, bundle.search_settings, bundle.text_index)
+            return self._searcher
 
     @contextmanager
     def tower(self) -> Iterator[UserTower]:
@@ -308,6 +302,9 @@ class Recommender:
                 may be missed. The index is built on the first such call for a table
                 (seconds to minutes at 1M items) and scores with float32 dot products.
 
+        Each result's ``because`` names up to 3 history items whose vectors are closest to
+        its own (`Reason`), computed from the same table.
+
         Scores come from the serving table's scorer: on catalogs large enough, a LiteRT
         graph built from the table, whose int8/int4 kernels also quantize the user vector
         to int8 (scores within about 1% of `ItemTable.scores`; near-ties may swap).
@@ -322,42 +319,65 @@ class Recommender:
             BundleError: if the model fails.
             HistoryStoreError: if the history store fails.
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
-        ids = [] if history is None else item_ids(history, "history")
-        excluded = item_ids(exclude, "exclude")
-        if filters is not None and not isinstance(filters, Filters):
-            raise TypeError(f"filters must be a Filters, got {type(filters).__name__}")
-        serving = self._current()
-        seen: Iterable[str] = ()
-        if user is not None:
-            store = self._history_store()
-            name = user_id(user)
-            ids = store.recent(name, serving.history_length) + ids
-            if exclude_seen:
-                seen = store.seen(name)
-        row_of = serving.row_of
-        rows = [row_of[i] for i in ids if i in row_of]
-        user_vector = _user_vectors(serving, [rows])[0]
-        banned = {row_of[i] for i in excluded if i in row_of}
-        if exclude_seen:
-            banned.update(rows)
-            banned.update(row_of[i] for i in seen if i in row_of)
-        allowed = None if filters is None else _allowed_rows(serving, filters)
+        request = self._request(history, user, k, exclude, exclude_seen, filters)
+        serving = request.serving
         if approximate:
             ranker: Scorer | ApproximateIndex = serving.approximate_index(self._options.num_threads)
         else:
             ranker = serving.scorer
-        top_rows, top_scores = ranker.top_k(user_vector, k, banned=banned, allowed=allowed)
-        items = [
-            Recommendation(serving.item_ids[r], float(s), serving.titles[r])
-            for r, s in zip(top_rows.tolist(), top_scores.tolist(), strict=True)
-        ]
-        return Recommendations(
-            items=items,
-            unknown_items=len(ids) - len(rows),
-            model_version=serving.bundle.model_version,
+        top_rows, top_scores = ranker.top_k(
+            request.user_vector, k, banned=request.banned, allowed=request.allowed
         )
+        return request.results(top_rows, top_scores)
+
+    def search(
+        self,
+        query: str,
+        *,
+        user: str | int | None = None,
+        history: Sequence[str | int] | None = None,
+        k: int = 10,
+        exclude: Iterable[str | int] = (),
+        exclude_seen: bool = True,
+        filters: Filters | None = None,
+    ) -> Recommendations:
+        """The top ``k`` items whose text matches ``query``, ordered for this user.
+
+        The bundle's text index (titles, genres, every text field of items.json) finds
+        the items matching the query's words, typos included; the best lexical matches
+        are re-ranked by the user vector, as `pocketrec.sdk.search` describes, with the
+        bundle's `SearchSettings`. ``score`` is that mixed score. A query without a word
+        (empty, blanks, punctuation) is exactly `recommend`. Each result's ``because``
+        lists the query words it matched, then the history items most like it.
+
+        Arguments other than ``query`` are `recommend`'s.
+
+        Raises:
+            TypeError: for a ``query`` that is not a ``str``; else as `recommend`.
+            ValueError, BundleError, HistoryStoreError: as `recommend`.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        query_words = words(query)
+        if not query_words:
+            return self.recommend(
+                history,
+                user=user,
+                k=k,
+                exclude=exclude,
+                exclude_seen=exclude_seen,
+                filters=filters,
+            )
+        request = self._request(history, user, k, exclude, exclude_seen, filters)
+        serving = request.serving
+        hits = serving.searcher().search(
+            query_words,
+            user_scores(serving.scorer, request.user_vector),
+            k,
+            banned=request.banned,
+            allowed=request.allowed,
+        )
+        return request.results(hits.rows, hits.scores, hits.matched)
 
     def observe(self, user: str | int, item: str | int, timestamp: float | None = None) -> None:
         """Appends ``item`` to ``user``'s history (``timestamp`` in seconds; default now).
@@ -499,6 +519,45 @@ class Recommender:
         self._check_open()
         return self._serving
 
+    def _request(
+        self,
+        history: Sequence[str | int] | None,
+        user: str | int | None,
+        k: int,
+        exclude: Iterable[str | int],
+        exclude_seen: bool,
+        filters: Filters | None,
+    ) -> _Request:
+        """Checks a `recommend` or `search` call's arguments; its user vector and exclusions."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        ids = [] if history is None else item_ids(history, "history")
+        excluded = item_ids(exclude, "exclude")
+        if filters is not None and not isinstance(filters, Filters):
+            raise TypeError(f"filters must be a Filters, got {type(filters).__name__}")
+        serving = self._current()
+        seen: Iterable[str] = ()
+        if user is not None:
+            store = self._history_store()
+            name = user_id(user)
+            ids = store.recent(name, serving.history_length) + ids
+            if exclude_seen:
+                seen = store.seen(name)
+        row_of = serving.row_of
+        rows = [row_of[i] for i in ids if i in row_of]
+        banned = {row_of[i] for i in excluded if i in row_of}
+        if exclude_seen:
+            banned.update(rows)
+            banned.update(row_of[i] for i in seen if i in row_of)
+        return _Request(
+            serving=serving,
+            rows=rows,
+            unknown_items=len(ids) - len(rows),
+            user_vector=_user_vectors(serving, [rows])[0],
+            banned=banned,
+            allowed=None if filters is None else _allowed_rows(serving, filters),
+        )
+
     def _history_store(self) -> HistoryStore:
         store = self._store
         if store is None:
@@ -508,6 +567,41 @@ class Recommender:
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("the Recommender is closed; open it again")
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One `recommend` or `search` call, checked: its history rows, user vector and limits."""
+
+    serving: _Serving
+    rows: list[int]
+    unknown_items: int
+    user_vector: np.ndarray
+    banned: set[int]
+    allowed: set[int] | None
+
+    def results(
+        self,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        matched: Sequence[Sequence[str]] | None = None,
+    ) -> Recommendations:
+        """The ranked rows as `Recommendations`, each with its reasons."""
+        serving = self.serving
+        items = explained(
+            serving.table,
+            serving.item_ids,
+            serving.titles,
+            rows,
+            scores,
+            self.rows[-serving.history_length :],
+            matched,
+        )
+        return Recommendations(
+            items=items,
+            unknown_items=self.unknown_items,
+            model_version=serving.bundle.model_version,
+        )
 
 
 def _user_vectors(serving: _Serving, histories_rows: Sequence[Sequence[int]]) -> np.ndarray:

@@ -3,9 +3,18 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 import pytest
 
-from pocketrec.benchmarks.bench import BenchConfig, dataset_name, run_benchmark
+from pocketrec.benchmarks.bench import (
+    SUMMARY_METRICS,
+    BenchConfig,
+    baseline_row,
+    dataset_name,
+    results_markdown,
+    run_benchmark,
+    summarize,
+)
 from pocketrec.data import synthetic
 
 ROW_FIELDS = {
@@ -28,10 +37,19 @@ def quick_run(tmp_path_factory):
     results = run_benchmark(
         log,
         BenchConfig(
-            out=out, recipes=["int8+int8-table", "int8+int4-table"], quick=True, calls=50, epochs=1
+            out=out,
+            recipes=["int8+int8-table", "int8+int4-table"],
+            quick=True,
+            calls=50,
+            epochs=1,
+            seeds=(0, 1),
         ),
     )
     return out, results
+
+
+def seed_rows(results, seed):
+    return [r for r in results["rows"] if r["kind"] == "bundle" and r["seed"] == seed]
 
 
 def test_quick_benchmark_writes_json_markdown_and_plot(quick_run):
@@ -48,7 +66,7 @@ def test_quick_benchmark_writes_json_markdown_and_plot(quick_run):
 
 def test_every_variant_row_has_the_documented_fields_and_sane_values(quick_run):
     _, results = quick_run
-    bundles = [r for r in results["rows"] if r["kind"] == "bundle"]
+    bundles = seed_rows(results, 0)
     assert [r["variant"] for r in bundles] == ["float32", "int8+int8-table", "int8+int4-table"]
     for row in bundles:
         for field, kind in ROW_FIELDS.items():
@@ -65,8 +83,8 @@ def test_every_variant_row_has_the_documented_fields_and_sane_values(quick_run):
 
 def test_baselines_are_rows_and_machine_block_names_the_libraries(quick_run):
     _, results = quick_run
-    baselines = {r["variant"] for r in results["rows"] if r["kind"] == "baseline"}
-    assert baselines == {"popularity", "last-item", "itemknn", "ease"}
+    baselines = [r["variant"] for r in results["rows"] if r["kind"] == "baseline"]
+    assert sorted(baselines) == ["ease", "itemknn", "last-item", "popularity"], "each once"
     machine = results["machine"]
     assert machine["cores"] >= 1 and machine["cpu"]
     assert machine["versions"]["ai-edge-litert"] and machine["versions"]["numpy"]
@@ -85,7 +103,65 @@ def test_results_carry_no_path_of_the_machine_that_made_them(quick_run):
     for row in results["rows"]:
         if row["kind"] == "bundle":
             assert (out / row["bundle"] / "manifest.json").is_file()
-    assert (out / "model" / "model.json").is_file() and (out / "metrics.json").is_file()
+    for seed in (0, 1):
+        assert (out / f"seed-{seed}" / "model" / "model.json").is_file()
+        assert (out / f"seed-{seed}" / "metrics.json").is_file()
+
+
+def test_each_seed_trains_its_own_model_and_only_the_first_is_timed(quick_run):
+    out, results = quick_run
+    assert results["seeds"] == [0, 1] and results["latency_seed"] == 0
+    assert [run["seed"] for run in results["runs"]] == [0, 1]
+    assert all(run["train_seconds"] > 0 for run in results["runs"])
+    first, second = seed_rows(results, 0), seed_rows(results, 1)
+    assert [r["variant"] for r in second] == [r["variant"] for r in first]
+    assert all(r["p50_us"] is None and r["load_ms"] is None for r in second)
+    assert all(r["bundle"].startswith("seed-1/") for r in second)
+    weights = [(out / f"seed-{seed}" / "model" / "weights.npz").read_bytes() for seed in (0, 1)]
+    assert weights[0] != weights[1], "the seeds trained different models"
+
+
+def test_summary_is_the_mean_and_std_over_seeds_with_baselines_listed_once(quick_run):
+    out, results = quick_run
+    summary = {(e["kind"], e["variant"]): e for e in results["summary"]}
+    float32 = summary["bundle", "float32"]
+    assert float32["seeds"] == 2
+    for metric in SUMMARY_METRICS:
+        values = [seed_rows(results, seed)[0][metric] for seed in (0, 1)]
+        assert float32[metric]["mean"] == pytest.approx(np.mean(values))
+        assert float32[metric]["std"] == pytest.approx(np.std(values, ddof=1))
+    ease = summary["baseline", "ease"]
+    assert ease["seeds"] == 1 and ease["ndcg_at_10"]["std"] is None
+    markdown = (out / "results.md").read_text()
+    assert "Mean ± sample std over seeds 0, 1" in markdown
+    assert f"{float32['ndcg_at_10']['mean']:.4f} ± {float32['ndcg_at_10']['std']:.4f}" in markdown
+    for run in results["runs"]:
+        assert f"seed {run['seed']} {run['train_seconds']:.0f} s" in markdown
+    assert "Latency (seed 0's bundles only)" in markdown
+
+
+def test_a_skipped_baseline_is_a_row_with_its_reason_in_json_and_markdown():
+    from pocketrec.evaluation import leave_last_out, run_baselines
+
+    split = leave_last_out(synthetic(60, 40, seed=1))
+    ease = run_baselines(split, ["ease"], progress=False, memory_budget=1)["ease"]
+    rows = [baseline_row(ease)]
+    assert json.loads(json.dumps(rows))[0]["skipped"] == ease.skipped
+    assert "memory budget" in ease.skipped
+    results = {
+        "rows": rows,
+        "summary": summarize(rows),
+        "runs": [{"seed": 0, "train_seconds": 3.0}, {"seed": 1, "train_seconds": 4.0}],
+        "machine": {"cpu": "cpu", "cores": 2, "versions": {}},
+        "data": {"source": "synthetic", "users": 10, "items": 5, "quick": True},
+        "seeds": [0, 1],
+        "latency_seed": 0,
+        "calls": 10,
+        "baselines_seconds": 1.0,
+    }
+    tables = [line for line in results_markdown(results).splitlines() if "ease" in line]
+    assert len(tables) == 2, "a per-seed row and a summary row"
+    assert all(f"skipped: {ease.skipped}" in line for line in tables)
 
 
 def test_dataset_name_keeps_the_last_part_of_each_path():
@@ -95,3 +171,23 @@ def test_dataset_name_keeps_the_last_part_of_each_path():
     assert dataset_name("MovieLens 100K at ../shared/data/ml-100k") == "MovieLens 100K at ml-100k"
     synthetic_source = "synthetic(num_users=10, num_items=5, seed=0)"
     assert dataset_name(synthetic_source) == synthetic_source
+
+
+def test_seeds_option_takes_a_comma_list_and_refuses_anything_else(tmp_path, capsys):
+    from pocketrec.cli import build_parser
+
+    parser = build_parser()
+    base = ["bench", "--synthetic", "30", "--out", str(tmp_path)]
+    assert parser.parse_args([*base, "--seeds", "0,1,2"]).seeds == (0, 1, 2)
+    assert parser.parse_args([*base, "--seed", "4"]).seeds is None
+    for bad in ("0,a", "1,1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--seeds", bad])
+    assert "give each seed once" in capsys.readouterr().err
+
+
+def test_a_saved_model_with_several_seeds_is_refused_before_any_work(tmp_path):
+    config = BenchConfig(out=tmp_path / "out", model_dir=tmp_path, seeds=(0, 1))
+    with pytest.raises(ValueError, match="one training run"):
+        run_benchmark(synthetic(50, 40), config)
+    assert not (tmp_path / "out").exists()

@@ -2,18 +2,21 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
 
-from pocketrec.data import DataError, Interactions, ItemInfo
+from pocketrec.data import DataError, Interactions, ItemInfo, synthetic
 from pocketrec.errors import PocketrecError
 from pocketrec.evaluation import (
     EASE,
+    ItemKNN,
     LastItem,
     Popularity,
     evaluate,
     leave_last_out,
+    metrics_table,
     run_baselines,
     target_ranks,
 )
@@ -183,18 +186,123 @@ def test_last_item_scores_follow_counts_of_the_latest_item():
     assert row[split.item_index["4"]] == pytest.approx(2, abs=1e-2)
 
 
-def test_ease_matches_the_closed_form():
-    split = make_split()
-    model = EASE()
-    model.fit(split, l2=3.0)
+def user_item_matrix(split):
     x = np.zeros((split.num_users, split.num_items))
     for u, items in enumerate(split.train):
         x[u, items] = 1
+    return x
+
+
+@pytest.mark.parametrize("solver", ["dense", "dual"])
+def test_ease_matches_the_closed_form(solver):
+    split = make_split()
+    model = EASE()
+    model.fit(split, l2=3.0, solver=solver)
+    x = user_item_matrix(split)
     p = np.linalg.inv(x.T @ x + 3.0 * np.eye(split.num_items))
     b = np.eye(split.num_items) - p / np.diag(p)
     np.fill_diagonal(b, 0)
     history = np.array([0, 2])
     np.testing.assert_allclose(model.score([history])[0], b[history].sum(0), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def wide_split():
+    # Fewer users than items: the case the users × users solver is for.
+    split = leave_last_out(synthetic(120, 300, seed=3))
+    assert split.num_users < split.num_items
+    return split
+
+
+def ranked(scores, histories):
+    scores = scores.astype(np.float64)
+    for row, history in enumerate(histories):
+        scores[row, history] = -np.inf
+    return scores, np.argsort(-scores, axis=1, kind="stable")
+
+
+def test_ease_users_by_users_solver_scores_like_the_dense_one_and_picks_the_same_top_items(
+    wide_split,
+):
+    histories = wide_split.histories("test")
+    scores = {}
+    for solver in ("dense", "dual"):
+        model = EASE()
+        model.fit(wide_split, l2=5.0, solver=solver)
+        scores[solver] = model.score(histories)
+    np.testing.assert_allclose(scores["dual"], scores["dense"], rtol=1e-4, atol=1e-5)
+    dense, dense_order = ranked(scores["dense"], histories)
+    _, dual_order = ranked(scores["dual"], histories)
+    top = np.take_along_axis(dense, dense_order[:, :11], axis=1)
+    clear = top[:, 9] - top[:, 10] > 1e-4  # no near-tie at the cut
+    assert clear.mean() > 0.8
+    for row in np.flatnonzero(clear):
+        assert set(dual_order[row, :10]) == set(dense_order[row, :10]), row
+    # Where items nearly tie, the dual solver's top 10 are as good under the dense scores.
+    np.testing.assert_allclose(
+        np.take_along_axis(dense, dual_order[:, :10], axis=1), top[:, :10], atol=1e-5
+    )
+
+
+def test_ease_takes_the_solver_that_needs_less_memory(wide_split):
+    model = EASE()
+    model.fit(wide_split, l2=50.0)
+    assert model.solver == "dual"
+    tall = leave_last_out(synthetic(300, 60, seed=1))
+    model.fit(tall, l2=50.0)
+    assert model.solver == "dense"
+
+
+def dense_knn(split, neighbors):
+    """The reference: the dense cosine matrix, each row cut to its top `neighbors`."""
+    gram = user_item_matrix(split).T @ user_item_matrix(split)
+    norms = np.sqrt(np.diag(gram))
+    similarity = gram / np.outer(norms, norms)
+    np.fill_diagonal(similarity, 0.0)
+    kept = np.zeros_like(similarity)
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :neighbors]
+    np.put_along_axis(kept, order, np.take_along_axis(similarity, order, axis=1), axis=1)
+    return kept
+
+
+@pytest.mark.parametrize("neighbors", [5, 40])
+def test_itemknn_keeps_the_dense_top_neighbours_and_scores_like_the_dense_matrix(
+    wide_split, neighbors
+):
+    reference = dense_knn(wide_split, neighbors)
+    model = ItemKNN()
+    model.fit(wide_split, neighbors=neighbors)
+    for item in range(wide_split.num_items):
+        expected = {int(j): reference[item, j] for j in np.flatnonzero(reference[item])}
+        kept = model.neighbours(item)
+        assert kept.keys() == expected.keys(), item
+        np.testing.assert_allclose(list(kept.values()), list(expected.values()), rtol=1e-6)
+    histories = wide_split.histories("valid")
+    expected_scores = np.stack([reference[h].sum(0) for h in histories])
+    np.testing.assert_allclose(model.score(histories), expected_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_a_baseline_over_the_memory_budget_is_a_skipped_result_that_says_why(wide_split):
+    results = run_baselines(wide_split, ["popularity", "ease"], progress=False, memory_budget=1)
+    assert results["popularity"].skipped is None and results["popularity"].test is not None
+    ease = results["ease"]
+    assert ease.test is None and ease.valid is None
+    assert "memory budget" in ease.skipped and f"{wide_split.num_items:,} items" in ease.skipped
+    popularity = results["popularity"]
+    table = metrics_table({"popularity": (popularity.valid, popularity.test), "ease": ease.skipped})
+    ease_line = next(line for line in table.splitlines() if line.startswith("| ease"))
+    assert f"skipped: {ease.skipped}" in ease_line
+    assert len({line.count("|") for line in table.splitlines()}) == 1, "cells stay aligned"
+
+
+def test_item_item_baselines_without_scipy_are_skipped_rows_naming_the_extra(
+    wide_split, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "scipy.sparse", None)  # `import scipy.sparse` fails
+    results = run_baselines(wide_split, ["itemknn", "ease", "popularity"], progress=False)
+    for name in ("itemknn", "ease"):
+        assert "pocketrec[train]" in results[name].skipped
+    assert results["popularity"].skipped is None
 
 
 def test_baselines_on_movielens_rank_sequential_signal_above_popularity(ml100k):

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocketrec._log import LOGGER
-from pocketrec.evaluation import BaselineResult, Metrics, Split, evaluate, run_baselines
+from pocketrec.evaluation import (
+    BaselineResult,
+    Metrics,
+    Split,
+    TableRow,
+    evaluate,
+    run_baselines,
+)
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.export import export_bundle
 from pocketrec.training.fit import TrainConfig, train
@@ -61,10 +68,12 @@ class TrainingRun:
         """The model's metrics as JSON-ready values (what ``metrics.json`` holds)."""
         return {"valid": self.valid.as_dict(), "test": self.test.as_dict()}
 
-    def table_rows(self, label: str) -> dict[str, tuple[Metrics | None, Metrics | None]]:
-        """Rows for `pocketrec.evaluation.metrics_table`: the baselines, then the model."""
-        rows: dict[str, tuple[Metrics | None, Metrics | None]] = {
-            name: (result.valid, result.test) for name, result in self.baselines.items()
+    def table_rows(self, label: str) -> dict[str, TableRow]:
+        """Rows for `pocketrec.evaluation.metrics_table`: the baselines (skipped ones with
+        their reason), then the model."""
+        rows: dict[str, TableRow] = {
+            name: (result.valid, result.test) if result.test is not None else str(result.skipped)
+            for name, result in self.baselines.items()
         }
         rows[label] = (self.valid, self.test)
         return rows

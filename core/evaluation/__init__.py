@@ -3,25 +3,30 @@
 from pocketrec.evaluation._baselines import (
     EASE,
     BaselineResult,
+    BaselineSkipped,
     ItemKNN,
     LastItem,
     Popularity,
+    available_memory_bytes,
     run_baselines,
     tune,
 )
 from pocketrec.evaluation._metrics import Metrics, ScoreFn, evaluate, target_ranks
-from pocketrec.evaluation._report import metrics_table
+from pocketrec.evaluation._report import TableRow, metrics_table
 from pocketrec.evaluation._split import Split, leave_last_out
 
 __all__ = [
     "EASE",
     "BaselineResult",
+    "BaselineSkipped",
     "ItemKNN",
     "LastItem",
     "Metrics",
     "Popularity",
     "ScoreFn",
     "Split",
+    "TableRow",
+    "available_memory_bytes",
     "evaluate",
     "leave_last_out",
     "metrics_table",

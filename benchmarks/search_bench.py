@@ -1,0 +1,413 @@
+"""`pocketrec bench-search`: how well and how fast personalised search finds the held-out item.
+
+Same temporal leave-last-out split as every benchmark. For each user, a query is made
+from the held-out item's metadata, in three kinds:
+
+- ``genre``: one of its genres ("Sci-Fi"): many items match, taste must pick;
+- ``title``: one or two words of its title, stop words, numbers and short words skipped;
+- ``typo``: one title word of four letters or more with one character edit (a letter
+  changed, dropped, added, or two swapped).
+
+Three rankings of the lexical matches (the user's seen items excluded, as `recommend`
+does) are scored by where the held-out item lands, NDCG@10 and HR@10 (a miss if it is not
+matched at all): BM25 alone (``alpha = 0``), BM25 + popularity (train counts in place of
+the user's score) and the personalised hybrid (`Recommender.search`'s mix with the user
+vector). Each method's ``alpha`` and BM25 ``b`` are tuned on the validation split (query
+from the validation item, mean NDCG@10 over the kinds), then reported on test. Latency:
+`Recommender.search` and `Recommender.recommend` p50, interleaved call by call (each first
+every other time) on the same bundle and histories.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pocketrec.data import load
+from pocketrec.errors import PocketrecError
+from pocketrec.evaluation import Split, leave_last_out
+from pocketrec.sdk import Bundle, Recommender
+from pocketrec.sdk._text import words
+from pocketrec.sdk.search import Searcher, SearchSettings, mix
+
+KINDS = ("genre", "title", "typo")
+METHODS = ("bm25", "bm25+popularity", "personalised")
+ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+# BM25 length normalisations tried beside each alpha.
+BS = (0.0, 0.3, 0.75)
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "la",
+        "le",
+        "les",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "too",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+        "de",
+        "des",
+        "du",
+        "el",
+        "en",
+        "et",
+        "il",
+        "l",
+        "los",
+        "un",
+        "une",
+    ]
+)
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class SearchBenchConfig:
+    """What `run_search_benchmark` measures.
+
+    Attributes:
+        bundle: a bundle trained on ``data`` (its item ids are the split's).
+        data: the interaction log (a MovieLens folder or a delimited file).
+        seed: picks the query words and edits.
+        latency_calls: search and recommend calls each for the latency figures.
+    """
+
+    bundle: Path
+    data: str
+    seed: int = 0
+    latency_calls: int = 600
+
+
+@dataclass(frozen=True)
+class _Query:
+    user: int
+    target: int
+    kind: str
+    text: str
+
+
+def make_queries(
+    items: Sequence[dict[str, Any]], split: Split, stage: str, seed: int
+) -> list[_Query]:
+    """The ``stage`` queries of every user whose target is known, per kind (where the
+    target has the genre or title words a kind needs)."""
+    rng = np.random.default_rng(seed)
+    queries = []
+    for user, target in enumerate(split.targets(stage).tolist()):
+        if target < 0:
+            continue
+        item = items[target]
+        genres = [g for g in item.get("genres", []) if isinstance(g, str) and words(g)]
+        title = item.get("title") if isinstance(item.get("title"), str) else ""
+        title_words = [w for w in words(title) if _content_word(w)]
+        if genres:
+            queries.append(_Query(user, target, "genre", str(rng.choice(genres))))
+        if title_words:
+            count = min(len(title_words), int(rng.integers(1, 3)))
+            start = int(rng.integers(0, len(title_words) - count + 1))
+            queries.append(
+                _Query(user, target, "title", " ".join(title_words[start : start + count]))
+            )
+        long_words = [w for w in title_words if len(w) >= 4]
+        if long_words:
+            word = str(rng.choice(long_words))
+            queries.append(_Query(user, target, "typo", typo(word, rng)))
+    return queries
+
+
+def typo(word: str, rng: np.random.Generator) -> str:
+    """``word`` with one random character edit: substitution, deletion, insertion or swap."""
+    while True:
+        at = int(rng.integers(0, len(word)))
+        edit = int(rng.integers(0, 4))
+        letter = _LETTERS[int(rng.integers(0, len(_LETTERS)))]
+        if edit == 0:
+            changed = word[:at] + letter + word[at + 1 :]
+        elif edit == 1:
+            changed = word[:at] + word[at + 1 :]
+        elif edit == 2:
+            changed = word[:at] + letter + word[at:]
+        else:
+            at = min(at, len(word) - 2)
+            changed = word[:at] + word[at + 1] + word[at] + word[at + 2 :]
+        if changed != word:
+            return changed
+
+
+def _content_word(word: str) -> bool:
+    return len(word) >= 3 and not word.isdigit() and word not in STOP_WORDS
+
+
+def target_rank(
+    rows: np.ndarray,
+    lexical: np.ndarray,
+    target: int,
+    dense: Callable[[np.ndarray], np.ndarray],
+    settings: SearchSettings,
+    alpha: float,
+) -> float:
+    """0-based rank of ``target`` among lexical matches ``rows`` (ascending) once mixed as
+    `Recommender.search` mixes them (inf where it would not be returned)."""
+    mixed = mix(rows, lexical, dense, settings, alpha)
+    at = int(np.searchsorted(rows, target))
+    if at >= len(rows) or rows[at] != target or not np.isfinite(mixed[at]):
+        return float("inf")
+    mine = mixed[at]
+    return float(np.sum(mixed > mine) + np.sum((mixed == mine) & (rows < target)))
+
+
+def _metrics(ranks: Sequence[float]) -> dict[str, float]:
+    r = np.asarray(ranks, dtype=np.float64)
+    hit = r < 10
+    ndcg = np.where(hit, 1.0 / np.log2(np.where(hit, r, 0) + 2.0), 0.0)
+    return {"ndcg@10": float(ndcg.mean()), "hr@10": float(hit.mean()), "queries": len(r)}
+
+
+def run_search_benchmark(config: SearchBenchConfig) -> dict[str, Any]:
+    """Tunes ``alpha`` on validation, reports test quality and latency; the figures."""
+    split = leave_last_out(load(config.data))
+    bundle = Bundle.open(config.bundle)
+    if list(bundle.item_ids) != split.item_ids.tolist():
+        raise PocketrecError(
+            f"{config.bundle} holds {len(bundle.item_ids)} items that are not the split's "
+            f"{split.num_items} in order; pass the data the bundle was trained on"
+        )
+    items = bundle.items
+    base = bundle.search_settings
+    index = Searcher.of(items, base, bundle.text_index).index
+    searchers = {b: Searcher(index, replace(base, b=b), items) for b in BS}
+    popularity = split.item_popularity().astype(np.float32)
+    table = bundle.table
+    results: dict[str, Any] = {"bundle": str(config.bundle), "settings": base.to_dict()}
+    ranks: dict[str, dict[str, dict[str, dict[tuple[float, float], list[float]]]]] = {}
+    with Recommender.open(bundle) as recommender:
+        for stage in ("valid", "test"):
+            histories = split.histories(stage)
+            vectors = recommender.user_vectors([h.tolist() for h in histories])
+            queries = make_queries(items, split, stage, config.seed)
+            ranks[stage] = {m: {k: {} for k in KINDS} for m in METHODS}
+            for query, b in itertools.product(queries, BS):
+                searcher = searchers[b]
+                rows, lexical = searcher.lexical(words(query.text))
+                unseen = ~np.isin(rows, histories[query.user])
+                rows, lexical = rows[unseen], lexical[unseen]
+                vector = vectors[query.user]
+                personal = lambda rows, v=vector: table.vectors(rows) @ v  # noqa: E731
+                popular = lambda rows: popularity[rows]  # noqa: E731
+                for method, dense, alphas in (
+                    ("bm25", popular, (0.0,)),
+                    ("bm25+popularity", popular, ALPHAS),
+                    ("personalised", personal, ALPHAS),
+                ):
+                    for alpha in alphas:
+                        rank = target_rank(
+                            rows, lexical, query.target, dense, searcher.settings, alpha
+                        )
+                        ranks[stage][method][query.kind].setdefault((b, alpha), []).append(rank)
+        tuned = {m: _best(ranks["valid"][m]) for m in METHODS}
+        results["tuned"] = {m: {"b": b, "alpha": a} for m, (b, a) in tuned.items()}
+        results["valid"] = {
+            m: {k: _metrics(ranks["valid"][m][k][tuned[m]]) for k in KINDS} for m in METHODS
+        }
+        results["test"] = {
+            m: {k: _metrics(ranks["test"][m][k][tuned[m]]) for k in KINDS} for m in METHODS
+        }
+        results["valid_mean_ndcg"] = {
+            f"b={b} alpha={a}": _mean_ndcg(ranks["valid"]["personalised"], (b, a))
+            for b, a in itertools.product(BS, ALPHAS)
+        }
+    b, alpha = tuned["personalised"]
+    settings = replace(base, b=b, alpha=alpha)
+    results["tuned_settings"] = settings.to_dict()
+    tuned_bundle = bundle.with_search(settings)
+    results["latency"] = _latency(tuned_bundle, split, config)
+    results["examples"] = _examples(tuned_bundle, split)
+    results["targets"] = _targets(results)
+    return results
+
+
+def _mean_ndcg(
+    by_kind: dict[str, dict[tuple[float, float], list[float]]], knobs: tuple[float, float]
+) -> float:
+    return float(np.mean([_metrics(by_kind[k][knobs])["ndcg@10"] for k in KINDS]))
+
+
+def _best(by_kind: dict[str, dict[tuple[float, float], list[float]]]) -> tuple[float, float]:
+    """The ``(b, alpha)`` of the best mean validation NDCG@10 (ties: the smaller ones)."""
+    knobs = sorted(by_kind[KINDS[0]])
+    return max(knobs, key=lambda ba: (_mean_ndcg(by_kind, ba), -ba[1], -ba[0]))
+
+
+def _latency(bundle: Bundle, split: Split, config: SearchBenchConfig) -> dict[str, float]:
+    """p50 and p99 (ms) of search and recommend, one call of each in turn per history."""
+    queries = make_queries(bundle.items, split, "test", config.seed)
+    histories = split.histories("test")
+    ids = split.item_ids
+    timings: dict[str, list[float]] = {"search": [], "recommend": []}
+    with Recommender.open(bundle) as recommender:
+        recommender.search("warm up", history=[])  # the index is read once, before timing
+        for n in range(config.latency_calls + 50):
+            query = queries[n % len(queries)]
+            history = ids[histories[query.user]].tolist()
+            calls = {
+                "search": lambda q=query.text, h=history: recommender.search(q, history=h),
+                "recommend": lambda h=history: recommender.recommend(h),
+            }
+            # Each goes first every other time: the second call finds the caches warm.
+            for name in sorted(calls, reverse=n % 2 == 1):
+                started = time.perf_counter()
+                calls[name]()
+                if n >= 50:
+                    timings[name].append(time.perf_counter() - started)
+    figures = {}
+    for name, seconds in timings.items():
+        figures[f"{name}_p50_ms"] = float(np.percentile(seconds, 50) * 1e3)
+        figures[f"{name}_p99_ms"] = float(np.percentile(seconds, 99) * 1e3)
+    figures["search_over_recommend_p50"] = figures["search_p50_ms"] / figures["recommend_p50_ms"]
+    return figures
+
+
+def _examples(bundle: Bundle, split: Split) -> dict[str, Any]:
+    """Top-3 of a few queries for nobody and for two users of far-apart taste."""
+    histories = split.histories("test")
+    genres = split.item_genres
+    candidates = [u for u in range(min(300, split.num_users)) if len(histories[u]) >= 20]
+    if len(candidates) < 2 or not genres.shape[1]:
+        return {}
+    profile = np.stack([genres[histories[u]].mean(axis=0) for u in candidates])
+    profile /= np.maximum(np.linalg.norm(profile, axis=1, keepdims=True), 1e-12)
+    similarity = profile @ profile.T
+    first, second = np.unravel_index(np.argmin(similarity), similarity.shape)
+    users = [candidates[first], candidates[second]]
+    names = split.genre_names
+    out: dict[str, Any] = {"users": {}, "queries": {}}
+    for u in users:
+        top = np.argsort(-genres[histories[u]].sum(axis=0))[:3]
+        out["users"][str(split.users[u])] = {
+            "history": len(histories[u]),
+            "top_genres": [names[g] for g in top],
+            "recent": [split.titles[i] for i in histories[u][-3:].tolist()],
+        }
+    with Recommender.open(bundle) as recommender:
+        for query in ("love", "war", "star", "comedy", "nigth"):
+            rows = {"(no history)": recommender.search(query, k=3).items}
+            for u in users:
+                history = split.item_ids[histories[u]].tolist()
+                rows[str(split.users[u])] = recommender.search(query, history=history, k=3).items
+            out["queries"][query] = {
+                who: [r.title or r.item_id for r in result] for who, result in rows.items()
+            }
+    return out
+
+
+def _targets(results: dict[str, Any]) -> dict[str, bool]:
+    test = results["test"]
+    return {
+        "genre: personalised >= 2x bm25+popularity (ndcg@10)": test["personalised"]["genre"][
+            "ndcg@10"
+        ]
+        >= 2 * test["bm25+popularity"]["genre"]["ndcg@10"],
+        "title: personalised >= bm25 (ndcg@10)": test["personalised"]["title"]["ndcg@10"]
+        >= test["bm25"]["title"]["ndcg@10"],
+        "search p50 <= 1.2x recommend p50": results["latency"]["search_over_recommend_p50"] <= 1.2,
+    }
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The figures as Markdown tables."""
+    lines = [
+        f"bundle: {results['bundle']}",
+        "",
+        "| query kind | method | b | alpha | test NDCG@10 | test HR@10 | queries |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        for method in METHODS:
+            m, knobs = results["test"][method][kind], results["tuned"][method]
+            lines.append(
+                f"| {kind} | {method} | {knobs['b']:g} | {knobs['alpha']:g} | "
+                f"{m['ndcg@10']:.4f} | {m['hr@10']:.4f} | {m['queries']} |"
+            )
+    latency = results["latency"]
+    lines += [
+        "",
+        f"latency: search p50 {latency['search_p50_ms']:.3f} ms (p99 "
+        f"{latency['search_p99_ms']:.3f}), recommend p50 {latency['recommend_p50_ms']:.3f} ms "
+        f"(p99 {latency['recommend_p99_ms']:.3f}); ratio "
+        f"{latency['search_over_recommend_p50']:.2f}",
+        "",
+    ]
+    lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in results["targets"].items()]
+    return "\n".join(lines)
+
+
+def main(config: SearchBenchConfig, out: Path | None, save: bool) -> int:
+    """Runs the benchmark, prints Markdown, writes ``search.json`` into ``out``; with
+    ``save``, writes the tuned settings and the text index into the bundle."""
+    results = run_search_benchmark(config)
+    print(results_markdown(results))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "search.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    if save:
+        settings = SearchSettings.from_dict(results["tuned_settings"])
+        Bundle.open(config.bundle).with_search(settings, text_index=True).save(config.bundle)
+        print(f"saved alpha {settings.alpha:g} and {config.bundle}/text_index.bin")
+    return 0
