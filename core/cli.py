@@ -306,6 +306,8 @@ def _show_recommendations(recommender: Recommender, split: Split) -> None:
     recommender.observe(user_id, newest)
     print(f"\nuser {printable(user_id)} watches {_split_title(split, newest)}; next:")
     _print_scored(recommender.recommend(user=user_id, k=5).items)
+    print("\na new user, no history yet (the bundle's cold-start vector):")
+    _print_scored(recommender.recommend(k=5).items)
 
 
 def _print_scored(items: Sequence[Any]) -> None:
@@ -337,10 +339,16 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="where the run goes")
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: TrainConfig)")
     parser.add_argument(
+        "--objective",
+        choices=("auto", "sequence", "set"),
+        help="sequence: next item in time order; set: any held-out item of the user's "
+        "set, order ignored; auto (default): train both, keep the better on validation",
+    )
+    parser.add_argument(
         "--encoder",
         choices=("attention", "mean", "gru"),
         default="attention",
-        help="user tower encoder (default: attention)",
+        help="user tower encoder of the sequence objective (default: attention)",
     )
     parser.add_argument("--dim", type=int, default=64, help="embedding dimension D (default 64)")
     parser.add_argument(
@@ -360,14 +368,14 @@ def _train(args: argparse.Namespace) -> int:
     model_config = ModelConfig(
         embedding_dim=args.dim, history_length=args.history_length, encoder=args.encoder
     )
-    train_config = _train_config(seed=args.seed, epochs=args.epochs)
+    train_config = _train_config(seed=args.seed, epochs=args.epochs, objective=args.objective)
     train_config.validate()
     interactions = load_from_args(args)
     print(f"data: {printable(interactions.summary())}")
     split = leave_last_out(interactions)
     print("split:\n" + textwrap.indent(split.describe(), "  "))
     run = run_training(split, model_config, train_config, out, baselines=not args.no_baselines)
-    print(metrics_table(run.table_rows(f"pocketrec ({model_config.encoder})")))
+    print(metrics_table(run.table_rows(f"pocketrec ({run.trained.config.encoder})")))
     print(f"best epoch {run.trained.best_epoch}; model: {run.model_dir}")
     print(f"tensorboard --logdir {run.tensorboard_dir}")
     return 0

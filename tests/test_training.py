@@ -231,3 +231,26 @@ def test_exported_bundle_scores_like_the_trained_model(
     )
     items = json.loads((bundle / "items.json").read_text())
     assert "genre" in json.dumps(items)
+
+
+def test_auto_objective_trains_both_and_keeps_the_better_on_validation() -> None:
+    model = train(tiny_split(), tiny_model_config(), tiny_train_config(objective="auto", epochs=2))
+    candidates = model.train_config["objective_candidates"]
+    assert set(candidates) == {"sequence", "set"}
+    chosen = max(candidates, key=candidates.get)
+    assert model.best_valid_ndcg == candidates[chosen]
+    assert model.config.encoder == ("mean" if chosen == "set" else "attention")
+    assert model.train_config["objective"] == chosen
+
+
+def test_seen_items_of_each_position_are_the_windows_items_up_to_it() -> None:
+    from pocketrec.training.fit import _seen_pairs
+
+    items = np.array([[0, 0, 4, 7, 9], [3, 5, 6, 2, 1]], np.int32)
+    targets = np.array([[-1, -1, 7, 9, 8], [5, 6, 2, 1, 0]], np.int32)
+    pairs = {tuple(p) for p in _seen_pairs(items, targets, enabled=True).tolist()}
+    # Window 0 has 3 real positions (rows 0-2 of the logits), window 1 five (rows 3-7).
+    assert {(0, 4), (1, 4), (1, 7), (2, 4), (2, 7), (2, 9)} <= pairs
+    assert (0, 7) not in pairs and (3, 3) in pairs and (7, 2) in pairs and (3, 5) not in pairs
+    assert len(pairs) == 6 + 15
+    assert _seen_pairs(items, targets, enabled=False).shape == (0, 2)

@@ -65,7 +65,7 @@ class ModelConfig:
     embedding_dim: int = 64
     history_length: int = 50
     encoder: str = "attention"
-    num_blocks: int = 1
+    num_blocks: int = 2
     num_heads: int = 1
     ffn_dim: int = 128
     dropout: float = 0.3
