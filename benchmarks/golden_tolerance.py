@@ -89,7 +89,9 @@ def main() -> None:
     from pocketrec.training import ModelConfig, TrainConfig, train
 
     split = leave_last_out(synthetic(num_users=args.users, num_items=args.items, seed=0))
-    trained = train(split, ModelConfig(), TrainConfig(epochs=2, progress=False))
+    trained = train(
+        split, ModelConfig(), TrainConfig(epochs=2, progress=False, objective="sequence")
+    )
     table = ItemTable.quantize(trained.item_vectors(), "float32")
     length = trained.config.history_length
     histories = [h for h in split.histories("test")][: args.histories]

@@ -27,7 +27,7 @@ from pocketrec.compression._qat import quantization_aware
 from pocketrec.compression._recipes import Recipe, get_recipe
 from pocketrec.evaluation import Metrics, Split, evaluate
 from pocketrec.sdk import Bundle, Recommender
-from pocketrec.training.export import items_metadata
+from pocketrec.training.export import cold_start_extra, items_metadata
 
 if TYPE_CHECKING:
     from pocketrec.training import TrainedModel
@@ -103,7 +103,12 @@ def model_parts(source: TrainedModel | ModelParts | str | Path) -> ModelParts:
 
         source = TrainedModel.load(source)
     vectors = np.asarray(source.item_vectors(), dtype=np.float32)
-    return ModelParts(user_tower=source.user_tower, item_vectors=vectors, encoder=source.encoder)
+    return ModelParts(
+        user_tower=source.user_tower,
+        item_vectors=vectors,
+        encoder=source.encoder,
+        cold_start_vector=source.cold_start_vector,
+    )
 
 
 def checked_parts(source: TrainedModel | ModelParts | str | Path, split: Split) -> ModelParts:
@@ -198,7 +203,7 @@ def compress(
         recipe=recipe.name,
         quantization=recipe.quantization,
         accelerator=recipe.accelerator,
-        extra={"compression": details},
+        extra={"compression": details, **cold_start_extra(parts.cold_start_vector)},
     )
     metrics: dict[str, Metrics] = {}
     if measure:

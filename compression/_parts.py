@@ -45,6 +45,8 @@ class ModelParts:
         quantization_aware: the tower carries fake-quant nodes (from
             `quantization_aware`); convert it with int8 post-training quantization.
         steps: names of the steps applied so far, oldest first.
+        cold_start_vector: float32 ``[D]``, the user vector of an empty history
+            (`pocketrec.training.cold_start`), when the model has one.
     """
 
     user_tower: tf_keras.Model
@@ -52,6 +54,7 @@ class ModelParts:
     encoder: tf_keras.Model | None = None
     quantization_aware: bool = False
     steps: tuple[str, ...] = ()
+    cold_start_vector: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         require_tf_keras(self.user_tower)

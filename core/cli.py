@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         _register_bench,
         _register_bench_sync,
         _register_bench_latency,
+        _register_bench_cold,
         _register_bench_search,
         _register_keys,
         _register_publish,
@@ -305,6 +306,8 @@ def _show_recommendations(recommender: Recommender, split: Split) -> None:
     recommender.observe(user_id, newest)
     print(f"\nuser {printable(user_id)} watches {_split_title(split, newest)}; next:")
     _print_scored(recommender.recommend(user=user_id, k=5).items)
+    print("\na new user, no history yet (the bundle's cold-start vector):")
+    _print_scored(recommender.recommend(k=5).items)
 
 
 def _print_scored(items: Sequence[Any]) -> None:
@@ -336,10 +339,16 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="where the run goes")
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: TrainConfig)")
     parser.add_argument(
+        "--objective",
+        choices=("auto", "sequence", "set"),
+        help="sequence: next item in time order; set: any held-out item of the user's "
+        "set, order ignored; auto (default): train both, keep the better on validation",
+    )
+    parser.add_argument(
         "--encoder",
         choices=("attention", "mean", "gru"),
         default="attention",
-        help="user tower encoder (default: attention)",
+        help="user tower encoder of the sequence objective (default: attention)",
     )
     parser.add_argument("--dim", type=int, default=64, help="embedding dimension D (default 64)")
     parser.add_argument(
@@ -359,14 +368,14 @@ def _train(args: argparse.Namespace) -> int:
     model_config = ModelConfig(
         embedding_dim=args.dim, history_length=args.history_length, encoder=args.encoder
     )
-    train_config = _train_config(seed=args.seed, epochs=args.epochs)
+    train_config = _train_config(seed=args.seed, epochs=args.epochs, objective=args.objective)
     train_config.validate()
     interactions = load_from_args(args)
     print(f"data: {printable(interactions.summary())}")
     split = leave_last_out(interactions)
     print("split:\n" + textwrap.indent(split.describe(), "  "))
     run = run_training(split, model_config, train_config, out, baselines=not args.no_baselines)
-    print(metrics_table(run.table_rows(f"pocketrec ({model_config.encoder})")))
+    print(metrics_table(run.table_rows(f"pocketrec ({run.trained.config.encoder})")))
     print(f"best epoch {run.trained.best_epoch}; model: {run.model_dir}")
     print(f"tensorboard --logdir {run.tensorboard_dir}")
     return 0
@@ -726,18 +735,15 @@ def _register_embed_items(subparsers: argparse._SubParsersAction) -> None:
         help="item vectors of new or changed items for `pocketrec publish --items`",
         description=(
             "Runs the item tower of a `pocketrec train` run on the items of ITEMS_FILE (JSON "
-            'Lines: {"id": ..., "genres": [...], <metadata>} per line; absent genres keep '
-            "the trained ones) and writes them with their vectors to --out. The tower adds "
-            "a vector learned per training id, so ids the model never saw cannot be embedded "
-            "yet: they are refused, or skipped with --skip-unknown."
+            'Lines: {"id": ..., "title": ..., "genres": [...], <metadata>} per line; a known '
+            "id keeps its trained title and genres where absent) and writes them with their "
+            "vectors to --out. An id the model never saw is embedded from its title and "
+            "genres alone, so new items need no new model."
         ),
     )
     parser.add_argument("run", metavar="RUN", help="a `pocketrec train --out` directory")
     parser.add_argument("items", metavar="ITEMS_FILE", help="JSON Lines of items")
     parser.add_argument("--out", required=True, metavar="FILE", help="JSON Lines with vectors")
-    parser.add_argument(
-        "--skip-unknown", action="store_true", help="skip ids the model never saw, counted"
-    )
 
 
 def _embed_items(args: argparse.Namespace) -> int:
@@ -749,11 +755,12 @@ def _embed_items(args: argparse.Namespace) -> int:
 
     items = read_items_jsonl(args.items)
     trained = TrainedModel.load(_model_dir(Path(args.run)))
-    embedded = embed_items(trained, items, skip_unknown=args.skip_unknown)
+    embedded = embed_items(trained, items)
     embedded.write_jsonl(out)
-    print(f"wrote {len(embedded.item_ids):,} item vectors to {out}")
-    if embedded.unknown_ids:
-        print(f"skipped {len(embedded.unknown_ids):,} ids the model never saw")
+    print(
+        f"wrote {len(embedded.item_ids):,} item vectors to {out} ({len(embedded.new_ids):,} "
+        "new to the model, embedded from their title and genres)"
+    )
     return 0
 
 
@@ -874,6 +881,48 @@ def _bench_latency(args: argparse.Namespace) -> int:
     if out is not None:
         write_results(results, out)
         print(f"wrote {out / 'latency.json'} and {out / 'latency.md'}")
+    return 0
+
+
+def _register_bench_cold(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "bench-cold",
+        _bench_cold,
+        help="cold start, measured: users with no history and items the model never saw",
+        description=(
+            "Trains with the defaults and ranks every test target for a user with an empty "
+            "history (the model's empty-history output, the bundle's cold-start vector, "
+            "popularity); then holds --holdout of the items out of training, trains again, "
+            "and ranks each held-out test target among the held-out items by their "
+            "features-only vectors (title words, genres) against their popularity."
+        ),
+    )
+    add_data_arguments(parser, required=True)
+    parser.add_argument("--holdout", type=float, default=0.1, help="share of items held out")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: TrainConfig)")
+    parser.add_argument("--out", metavar="DIR", help="also write cold.json and cold.md here")
+
+
+def _bench_cold(args: argparse.Namespace) -> int:
+    require_extras("bench-cold", _TENSORFLOW)
+    out = writable_dir(args.out) if args.out else None
+    from pocketrec.benchmarks.cold_bench import (
+        ColdBenchConfig,
+        cold_markdown,
+        run_cold_bench,
+        write_cold_results,
+    )
+    from pocketrec.evaluation import leave_last_out
+
+    split = leave_last_out(load_from_args(args))
+    config = ColdBenchConfig(seed=args.seed, holdout=args.holdout, epochs=args.epochs)
+    results = run_cold_bench(split, config)
+    print(cold_markdown(results), end="")
+    print(f"{results['seconds']:.0f} s, seed {results['seed']}")
+    if out is not None:
+        write_cold_results(results, out)
+        print(f"wrote {out / 'cold.json'} and {out / 'cold.md'}")
     return 0
 
 

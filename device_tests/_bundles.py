@@ -60,7 +60,7 @@ def build_bundles(out: Path, recipes: tuple[str, ...] = DEFAULT_RECIPES) -> dict
     trained = train(
         split,
         ModelConfig(embedding_dim=16, history_length=20, ffn_dim=32),
-        TrainConfig(epochs=1, seed=1),
+        TrainConfig(epochs=1, seed=1, objective="sequence"),
     )
     return {
         name: compress(trained, name, out / name, split=split, measure=False).bundle

@@ -23,6 +23,8 @@ HISTORY_INPUT = "history"
 MASK_INPUT = "mask"
 USER_VECTOR_OUTPUT = "user_vector"
 
+# Key in a bundle manifest's ``extra``: float [D], the user vector of an empty history.
+COLD_START_VECTOR = "cold_start_vector"
 # float32: no optimization; dynamic: int8 weights, float kernels; float16: float16 weights;
 # int8: full-integer kernels calibrated on representative histories.
 QUANTIZATIONS = ("float32", "dynamic", "float16", "int8")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pocketrec.errors import BundleError
 from pocketrec.sdk._ann import ApproximateIndex
 from pocketrec.sdk._encoding import encode_histories
 from pocketrec.sdk._explain import explained
@@ -27,7 +28,7 @@ from pocketrec.sdk._scorer import Scorer
 from pocketrec.sdk._text import words
 from pocketrec.sdk.accelerators import ACCELERATOR_CHOICES, Placement, choose, golden_tolerance
 from pocketrec.sdk.bundle import Bundle, check_golden
-from pocketrec.sdk.contract import check_choice
+from pocketrec.sdk.contract import COLD_START_VECTOR, check_choice
 from pocketrec.sdk.search import Searcher, user_scores
 from pocketrec.sdk.table import ItemTable
 
@@ -128,6 +129,7 @@ class _Serving:
         self.items = bundle.items
         self.titles = [_title(item) for item in self.items]
         self.history_length = bundle.history_length
+        self.cold_start = _cold_start_vector(bundle)
         self.towers = towers
         self.scorer = scorer
         self._index: ApproximateIndex | None = None
@@ -609,7 +611,28 @@ def _user_vectors(serving: _Serving, histories_rows: Sequence[Sequence[int]]) ->
         history, mask = encode_histories(serving.table, chunk, serving.history_length)
         with serving.tower() as tower:
             out[start : start + len(chunk)] = tower.run(history, mask)
+    if serving.cold_start is not None:
+        for row, rows in enumerate(histories_rows):
+            if len(rows) == 0:
+                out[row] = serving.cold_start
     return out
+
+
+def _cold_start_vector(bundle: Bundle) -> np.ndarray | None:
+    """The bundle's user vector for an empty history, if it has one."""
+    values = bundle.manifest["extra"].get(COLD_START_VECTOR)
+    if values is None:
+        return None
+    try:
+        vector = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        vector = np.zeros(0, np.float32)
+    if vector.shape != (bundle.embedding_dim,) or not np.isfinite(vector).all():
+        raise BundleError(
+            f"the manifest's extra.{COLD_START_VECTOR} must be {bundle.embedding_dim} finite "
+            f"numbers (the user vector of an empty history); rebuild the bundle"
+        )
+    return vector
 
 
 def _scores(serving: _Serving, histories_rows: Sequence[Sequence[int]]) -> np.ndarray:

@@ -32,7 +32,9 @@ def tiny_split() -> Split:
 def tiny_trained(split: Split) -> TrainedModel:
     """An attention dual encoder (D=32, L=8) trained for two epochs: a few seconds."""
     return train(
-        split, MODEL_CONFIG, TrainConfig(epochs=2, batch_size=64, seed=SEED, progress=False)
+        split,
+        MODEL_CONFIG,
+        TrainConfig(epochs=2, batch_size=64, seed=SEED, progress=False, objective="sequence"),
     )
 
 

@@ -52,6 +52,7 @@ def tiny_train_config(**changes: Any) -> Any:
         "learning_rate": 5e-3,
         "patience": 3,
         "progress": False,
+        "objective": "sequence",
     }
     values.update(changes)
     return TrainConfig(**values)

@@ -21,9 +21,11 @@ def trained() -> TrainedModel:
 
 def test_known_items_get_exactly_the_item_towers_vectors(trained) -> None:
     ids = [str(i) for i in trained.item_ids[:5]]
-    embedded = embed_items(trained, [{"id": i, "title": f"t{i}"} for i in ids])
+    embedded = embed_items(trained, [{"id": i, "rating": "PG"} for i in ids])
     np.testing.assert_allclose(embedded.vectors, trained.item_vectors()[:5], rtol=1e-5, atol=1e-6)
-    assert embedded.metadata[0] == {"title": f"t{ids[0]}"}
+    assert embedded.metadata[0] == {"rating": "PG"}
+    retitled = embed_items(trained, [{"id": ids[0], "title": "Another Title"}])
+    assert not np.allclose(retitled.vectors[0], embedded.vectors[0])
 
 
 def test_new_genres_move_a_known_items_vector(trained) -> None:
@@ -36,12 +38,23 @@ def test_new_genres_move_a_known_items_vector(trained) -> None:
     assert not np.allclose(before, after)
 
 
-def test_ids_the_model_never_saw_are_refused_or_skipped_on_request(trained) -> None:
+def test_ids_the_model_never_saw_are_embedded_from_their_title_and_genres(trained) -> None:
     known = str(trained.item_ids[0])
-    with pytest.raises(DataError, match="new to the model"):
-        embed_items(trained, [{"id": known}, {"id": "brand-new"}])
-    embedded = embed_items(trained, [{"id": known}, {"id": "brand-new"}], skip_unknown=True)
-    assert embedded.item_ids == [known] and embedded.unknown_ids == ["brand-new"]
+    genres = [trained.genre_names[g] for g in np.flatnonzero(trained.item_genres[0])]
+    items = [
+        {"id": known},
+        {"id": "brand-new", "title": "Brand New (2026)", "genres": genres},
+        {"id": "twin", "title": trained.titles[0], "genres": genres},
+    ]
+    embedded = embed_items(trained, items)
+    assert embedded.item_ids == [known, "brand-new", "twin"]
+    assert embedded.new_ids == ["brand-new", "twin"]
+    # A new item with a known item's features gets exactly their vector, without the id's.
+    features = trained.feature_vectors(trained.item_genres[:1], [trained.titles[0]])[0]
+    np.testing.assert_allclose(embedded.vectors[2], features, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(embedded.vectors[1], embedded.vectors[2])
+    with pytest.raises(DataError, match="neither a title nor genres"):
+        embed_items(trained, [{"id": "bare"}])
     with pytest.raises(DataError, match=r"genres .* the model does not know"):
         embed_items(trained, [{"id": known, "genres": ["Opera"]}])
 

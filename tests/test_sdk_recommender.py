@@ -126,6 +126,21 @@ def test_empty_history_gives_the_models_top_k_for_an_all_zero_mask(recommender) 
     assert recommender.recommend([], k=5).item_ids == _reference_top(scores, 5)
 
 
+def test_a_bundles_cold_start_vector_serves_empty_and_all_unknown_histories(tmp_path) -> None:
+    prior = np.random.default_rng(7).standard_normal(item_vectors().shape[1]).astype(np.float32)
+    path = write_tiny_bundle(tmp_path / "cold", extra={"cold_start_vector": prior.tolist()})
+    expected = _reference_top(item_vectors() @ prior, 5)
+    with Recommender.open(path) as rec:
+        assert rec.recommend(k=5).item_ids == expected
+        assert rec.recommend(["unknown-1", "unknown-2"], k=5).item_ids == expected
+        known = rec.recommend(["m5", "m1"], k=5).item_ids
+    scores = _keras_scores([_rows(["m5", "m1"])], ItemTable.quantize(item_vectors(), "float32"))
+    assert known == _reference_top(scores[0], 5, _rows(["m5", "m1"]))
+    broken = write_tiny_bundle(tmp_path / "broken", extra={"cold_start_vector": [1.0, 2.0]})
+    with pytest.raises(BundleError, match="cold_start_vector must be"):
+        Recommender.open(broken)
+
+
 def test_only_the_last_history_length_items_reach_the_model(recommender) -> None:
     history = [f"m{i}" for i in range(HISTORY_LENGTH + 4)]
     full = recommender.recommend(history, k=5, exclude_seen=False)

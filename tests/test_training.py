@@ -28,6 +28,7 @@ from pocketrec.training import (
     build_user_tower,
     export_bundle,
     make_windows,
+    title_word_ids,
     train,
 )
 
@@ -106,15 +107,26 @@ def test_attention_user_vector_ignores_padding_rows() -> None:
     )
 
 
-def test_item_tower_adds_genres_only_when_asked() -> None:
+def test_item_tower_adds_genres_and_title_words_only_when_asked() -> None:
     split = tiny_split()
-    with_genres = build_item_tower(split.num_items, tiny_model_config(), split.item_genres)
-    without = build_item_tower(
-        split.num_items, tiny_model_config(use_genres=False), split.item_genres
-    )
-    assert "genre_projection" in [layer.name for layer in with_genres.layers]
-    assert "genre_projection" not in [layer.name for layer in without.layers]
-    assert with_genres(np.arange(4, dtype=np.int32)).shape == (4, DIM)
+
+    def feature_layers(**changes: object) -> list[str]:
+        tower = build_item_tower(split.num_items, tiny_model_config(**changes), split.item_genres)
+        assert tower(np.arange(4, dtype=np.int32)).shape == (4, DIM)
+        return [layer.name for layer in tower.get_layer("feature_encoder").layers]
+
+    assert {"genre_projection", "title_words"} <= set(feature_layers())
+    assert "genre_projection" not in feature_layers(use_genres=False)
+    assert "title_words" not in feature_layers(use_titles=False)
+
+
+def test_title_words_hash_stably_into_buckets_and_pad_with_zero() -> None:
+    config = tiny_model_config(title_buckets=64, title_words=4)
+    ids = title_word_ids(["Toy Story (1995)", "toy STORY", None, "a b c d e f"], config)
+    assert ids.shape == (4, 4) and ids.dtype == np.int32
+    assert (ids[0, :2] == ids[1, :2]).all() and ids[0, 2] > 0 and ids[1, 2] == 0
+    assert (ids[2] == 0).all() and (ids[3] > 0).all()
+    assert ids.max() < 64 and (title_word_ids(["Toy Story (1995)"], config) == ids[:1]).all()
 
 
 def test_trained_model_scores_every_item_from_the_float32_table(trained: TrainedModel) -> None:
@@ -219,3 +231,26 @@ def test_exported_bundle_scores_like_the_trained_model(
     )
     items = json.loads((bundle / "items.json").read_text())
     assert "genre" in json.dumps(items)
+
+
+def test_auto_objective_trains_both_and_keeps_the_better_on_validation() -> None:
+    model = train(tiny_split(), tiny_model_config(), tiny_train_config(objective="auto", epochs=2))
+    candidates = model.train_config["objective_candidates"]
+    assert set(candidates) == {"sequence", "set"}
+    chosen = max(candidates, key=candidates.get)
+    assert model.best_valid_ndcg == candidates[chosen]
+    assert model.config.encoder == ("mean" if chosen == "set" else "attention")
+    assert model.train_config["objective"] == chosen
+
+
+def test_seen_items_of_each_position_are_the_windows_items_up_to_it() -> None:
+    from pocketrec.training.fit import _seen_pairs
+
+    items = np.array([[0, 0, 4, 7, 9], [3, 5, 6, 2, 1]], np.int32)
+    targets = np.array([[-1, -1, 7, 9, 8], [5, 6, 2, 1, 0]], np.int32)
+    pairs = {tuple(p) for p in _seen_pairs(items, targets, enabled=True).tolist()}
+    # Window 0 has 3 real positions (rows 0-2 of the logits), window 1 five (rows 3-7).
+    assert {(0, 4), (1, 4), (1, 7), (2, 4), (2, 7), (2, 9)} <= pairs
+    assert (0, 7) not in pairs and (3, 3) in pairs and (7, 2) in pairs and (3, 5) not in pairs
+    assert len(pairs) == 6 + 15
+    assert _seen_pairs(items, targets, enabled=False).shape == (0, 2)

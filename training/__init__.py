@@ -8,13 +8,14 @@ is reached by import (``from pocketrec.training.fit import make_windows``).
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.convert import to_tflite, user_tower_shape
 from pocketrec.training.export import export_bundle, items_metadata
-from pocketrec.training.fit import LOSSES, TrainConfig, make_windows, train
+from pocketrec.training.fit import LOSSES, OBJECTIVES, TrainConfig, make_windows, train
 from pocketrec.training.model import (
     ENCODERS,
     ModelConfig,
     build_item_tower,
     build_sequence_encoder,
     build_user_tower,
+    title_word_ids,
     user_tower_from_encoder,
 )
 from pocketrec.training.pipeline import TrainingRun, run_training
@@ -22,6 +23,7 @@ from pocketrec.training.pipeline import TrainingRun, run_training
 __all__ = [
     "ENCODERS",
     "LOSSES",
+    "OBJECTIVES",
     "ModelConfig",
     "TrainConfig",
     "TrainedModel",
@@ -33,6 +35,7 @@ __all__ = [
     "items_metadata",
     "make_windows",
     "run_training",
+    "title_word_ids",
     "to_tflite",
     "train",
     "user_tower_from_encoder",

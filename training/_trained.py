@@ -22,11 +22,12 @@ from pocketrec.training.model import (
     ModelConfig,
     build_item_tower,
     build_sequence_encoder,
+    title_word_ids,
     user_tower_from_encoder,
 )
 
 FORMAT = "pocketrec-trained-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "weights.npz"
 ITEMS_FILE = "items.npz"
@@ -50,6 +51,8 @@ class TrainedModel:
         titles: title of each item row (None where unknown).
         history: one dict per epoch (``train/loss``, ``valid/ndcg@10``, ...).
         best_epoch: the epoch whose weights were kept (0 when unknown).
+        cold_start_vector: float32 ``[D]``, the user vector of a user with no known history
+            (`pocketrec.training.cold_start`); None when not fitted.
         train_config: the `TrainConfig` as a dict, plus ``"softmax"``: ``"full"`` or
             ``"sampled"``, the loss that was used.
     """
@@ -66,6 +69,7 @@ class TrainedModel:
         titles: Sequence[str | None] | None = None,
         history: list[dict[str, float]] | None = None,
         best_epoch: int = 0,
+        cold_start_vector: np.ndarray | None = None,
         train_config: dict[str, Any] | None = None,
     ) -> None:
         self.item_tower = item_tower
@@ -88,11 +92,19 @@ class TrainedModel:
             )
         self.history = list(history or [])
         self.best_epoch = best_epoch
+        self.cold_start_vector = (
+            None if cold_start_vector is None else np.asarray(cold_start_vector, np.float32)
+        )
         self.train_config = dict(train_config or {})
 
     @property
     def num_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def best_valid_ndcg(self) -> float:
+        """Validation NDCG@10 of the best epoch (what early stopping and ``auto`` compare)."""
+        return max((record["valid/ndcg@10"] for record in self.history), default=0.0)
 
     def item_vectors(self) -> np.ndarray:
         """float32 ``[N, D]``: the item tower's output for every item row."""
@@ -103,6 +115,17 @@ class TrainedModel:
             for start in range(0, self.num_items, _ITEM_BATCH)
         ]
         return np.concatenate(rows).astype(np.float32, copy=False)
+
+    def feature_vectors(self, item_genres: np.ndarray, titles: Sequence[str | None]) -> np.ndarray:
+        """float32 ``[B, D]``: item vectors from features alone (genre multi-hot, titles).
+
+        What an item the model never saw gets; training drops id vectors
+        (``ModelConfig.id_dropout``) so that these land near the items they resemble.
+        """
+        encoder = self.item_tower.get_layer("feature_encoder")
+        genres = np.asarray(item_genres, dtype=np.float32).reshape(len(titles), -1)
+        words = title_word_ids(titles, self.config)
+        return np.array(encoder({"genres": genres, "words": words}), dtype=np.float32)
 
     def item_table(self) -> ItemTable:
         """The float32 `ItemTable` of `item_vectors`, as a bundle ships it before compression."""
@@ -120,18 +143,24 @@ class TrainedModel:
         """A ``score`` that reuses one snapshot of the item table (for many calls)."""
         table = self.item_table()
         vectors = table.dequantized()
-        length = self.config.history_length
 
         def score(histories: Sequence[np.ndarray]) -> np.ndarray:
-            out = np.empty((len(histories), table.num_items), dtype=np.float32)
-            for start in range(0, len(histories), _SCORE_BATCH):
-                chunk = histories[start : start + _SCORE_BATCH]
-                history, mask = encode_histories(table, chunk, length)
-                users = self.user_tower({"history": history, "mask": mask}, training=False)
-                out[start : start + len(chunk)] = np.asarray(users) @ vectors.T
-            return out
+            return self.user_vectors(histories, table) @ vectors.T
 
         return score
+
+    def user_vectors(
+        self, histories: Sequence[np.ndarray], table: ItemTable | None = None
+    ) -> np.ndarray:
+        """float32 ``[B, D]``: the user tower's vector for each history of item rows."""
+        table = table if table is not None else self.item_table()
+        out = np.empty((len(histories), table.dim), dtype=np.float32)
+        for start in range(0, len(histories), _SCORE_BATCH):
+            chunk = histories[start : start + _SCORE_BATCH]
+            history, mask = encode_histories(table, chunk, self.config.history_length)
+            users = self.user_tower({"history": history, "mask": mask}, training=False)
+            out[start : start + len(chunk)] = np.asarray(users)
+        return out
 
     def save(self, directory: str | Path) -> Path:
         """Writes config, weights and item metadata into ``directory`` (created if needed)."""
@@ -151,6 +180,9 @@ class TrainedModel:
             "titles": self.titles,
             "history": self.history,
             "best_epoch": self.best_epoch,
+            "cold_start_vector": None
+            if self.cold_start_vector is None
+            else self.cold_start_vector.tolist(),
         }
         (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2), encoding="utf-8")
         return directory
@@ -185,7 +217,9 @@ class TrainedModel:
             item_ids, item_genres = items["item_ids"], items["item_genres"]
         with np.load(directory / WEIGHTS_FILE) as stored:
             weights = {name: stored[name] for name in stored.files}
-        item_tower = build_item_tower(len(item_ids), config, item_genres)
+        item_tower = build_item_tower(
+            len(item_ids), config, item_genres, title_word_ids(document["titles"], config)
+        )
         encoder = build_sequence_encoder(config)
         for prefix, model in (("item_tower", item_tower), ("encoder", encoder)):
             try:
@@ -205,5 +239,6 @@ class TrainedModel:
             titles=document["titles"],
             history=document["history"],
             best_epoch=document["best_epoch"],
+            cold_start_vector=document["cold_start_vector"],
             train_config=document["train_config"],
         )

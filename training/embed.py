@@ -1,8 +1,10 @@
 """Item vectors for new or changed items of a trained model: what `pocketrec publish` takes.
 
-The item tower adds a learned vector per training id to a projection of the item's genres.
-A known id with new genres gets its vector again; an id the model never saw has no learned
-vector, so this tower cannot embed it (an item tower over item features alone could).
+The item tower adds a learned vector per training id to a vector of the item's features
+(genres and title words). A known id with new metadata gets its vector again; an id the
+model never saw gets the features' vector alone, which training prepares it for by
+dropping id vectors (``ModelConfig.id_dropout``). So new items reach devices through the
+sync without a new model.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pocketrec.sdk.catalog import read_items_jsonl
 from pocketrec.training._trained import TrainedModel
 
 ID_EMBEDDING_LAYER = "item_embedding"
-GENRE_PROJECTION_LAYER = "genre_projection"
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,13 @@ class EmbeddedItems:
         item_ids: the items embedded.
         vectors: float32 ``[N, D]``, the item tower's output.
         metadata: per item its metadata (``title``, ``genres``, ...) without ``"id"``.
-        unknown_ids: ids that were skipped because the model never saw them.
+        new_ids: the ids the model never saw (embedded from their features alone).
     """
 
     item_ids: list[str]
     vectors: np.ndarray
     metadata: list[dict[str, Any]]
-    unknown_ids: list[str]
+    new_ids: list[str]
 
     def write_jsonl(self, path: str | Path) -> Path:
         """One JSON object per line: ``{"id", "vector": [...], <metadata>}``."""
@@ -51,49 +52,50 @@ class EmbeddedItems:
         return out
 
 
-def embed_items(
-    trained: TrainedModel, items: Iterable[Mapping[str, Any]], *, skip_unknown: bool = False
-) -> EmbeddedItems:
-    """The item tower's vectors for ``items`` (``{"id", "genres"?: [names], ...}``).
+def embed_items(trained: TrainedModel, items: Iterable[Mapping[str, Any]]) -> EmbeddedItems:
+    """The item tower's vectors for ``items`` (``{"id", "title"?, "genres"?: [names], ...}``).
 
-    Genres absent from an item keep the ones the model was trained with; the other keys
-    are metadata, passed through. The vector of a known id with its training genres equals
-    `TrainedModel.item_vectors`'s row.
+    A known id keeps its training title and genres where the item does not give them, so
+    its vector equals `TrainedModel.item_vectors`'s row; a new id is embedded from the
+    title and genres it gives. The other keys are metadata, passed through.
 
     Raises:
-        DataError: for an id the model never saw (unless ``skip_unknown``), a genre name
-            it does not know, or a duplicate id.
+        DataError: for a genre name the model does not know, a title that is not text, a
+            new id with neither title nor genres, or a duplicate id.
     """
     row_of = {str(item_id): row for row, item_id in enumerate(trained.item_ids)}
     genre_of = {name: column for column, name in enumerate(trained.genre_names)}
+    no_genres = np.zeros(len(genre_of), np.float32)
     ids: list[str] = []
-    rows: list[int] = []
+    rows: list[int | None] = []
     multi_hot: list[np.ndarray] = []
+    titles: list[str | None] = []
     metadata: list[dict[str, Any]] = []
-    unknown: list[str] = []
     seen: set[str] = set()
     for item in items:
         item_id = str(item["id"])
         if item_id in seen:
             raise DataError(f"item {item_id!r} is listed twice")
         seen.add(item_id)
-        if item_id not in row_of:
-            unknown.append(item_id)
-            continue
-        row = row_of[item_id]
+        row = row_of.get(item_id)
         meta = {key: value for key, value in item.items() if key not in ("id", "vector")}
-        multi_hot.append(_genres(meta.get("genres"), trained.item_genres[row], genre_of, item_id))
+        trained_genres = no_genres if row is None else trained.item_genres[row]
+        multi_hot.append(_genres(meta.get("genres"), trained_genres, genre_of, item_id))
+        title = meta.get("title", None if row is None else trained.titles[row])
+        if title is not None and not isinstance(title, str):
+            raise DataError(f'item {item_id!r}: "title" must be text, got {title!r}')
+        if row is None and title is None and not multi_hot[-1].any():
+            raise DataError(
+                f"item {item_id!r} is new to the model and has neither a title nor genres: "
+                "its vector comes from its features, so give it at least one"
+            )
         ids.append(item_id)
         rows.append(row)
+        titles.append(title)
         metadata.append(meta)
-    if unknown and not skip_unknown:
-        raise DataError(
-            f"{len(unknown)} ids are new to the model ({unknown[:5]}): its item tower adds a "
-            "vector learned for each training id, so it cannot embed them yet. Retrain with "
-            "them, or pass --skip-unknown to embed the others"
-        )
-    vectors = _item_tower(trained, rows, multi_hot)
-    return EmbeddedItems(ids, vectors, metadata, unknown)
+    vectors = _item_vectors(trained, rows, multi_hot, titles)
+    new_ids = [item_id for item_id, row in zip(ids, rows, strict=True) if row is None]
+    return EmbeddedItems(ids, vectors, metadata, new_ids)
 
 
 def read_embedded_jsonl(path: str | Path) -> EmbeddedItems:
@@ -126,14 +128,17 @@ def _genres(
     return row
 
 
-def _item_tower(
-    trained: TrainedModel, rows: Sequence[int], multi_hot: list[np.ndarray]
+def _item_vectors(
+    trained: TrainedModel,
+    rows: Sequence[int | None],
+    multi_hot: list[np.ndarray],
+    titles: list[str | None],
 ) -> np.ndarray:
-    tower = trained.item_tower
-    embeddings = tower.get_layer(ID_EMBEDDING_LAYER).get_weights()[0]
-    vectors = embeddings[np.asarray(rows, dtype=np.int64)].astype(np.float32)
-    layer_names = {layer.name for layer in tower.layers}
-    if GENRE_PROJECTION_LAYER in layer_names and rows:
-        (kernel,) = tower.get_layer(GENRE_PROJECTION_LAYER).get_weights()
-        vectors += np.stack(multi_hot) @ kernel
+    if not rows:
+        return np.zeros((0, trained.config.embedding_dim), np.float32)
+    vectors = trained.feature_vectors(np.stack(multi_hot), titles)
+    embeddings = trained.item_tower.get_layer(ID_EMBEDDING_LAYER).get_weights()[0]
+    for index, row in enumerate(rows):
+        if row is not None:
+            vectors[index] += embeddings[row]
     return vectors

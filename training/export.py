@@ -14,6 +14,7 @@ import numpy as np
 
 from pocketrec.evaluation import Split
 from pocketrec.sdk import Bundle
+from pocketrec.sdk.contract import COLD_START_VECTOR
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.convert import to_tflite
 
@@ -38,6 +39,13 @@ def items_metadata(source: TrainedModel | Split) -> list[dict[str, Any]] | None:
             entry["genres"] = [names[g] for g in np.flatnonzero(row > 0)]
         metadata.append(entry)
     return metadata
+
+
+def cold_start_extra(vector: np.ndarray | None) -> dict[str, Any]:
+    """The manifest ``extra`` entry that carries the cold-start vector (empty without one)."""
+    if vector is None:
+        return {}
+    return {COLD_START_VECTOR: [float(v) for v in np.asarray(vector, np.float32)]}
 
 
 def export_bundle(
@@ -80,7 +88,11 @@ def export_bundle(
         recipe="float32",
         quantization="float32",
         accelerator="cpu",
-        extra={"model_config": trained.config.to_dict(), "best_epoch": trained.best_epoch},
+        extra={
+            "model_config": trained.config.to_dict(),
+            "best_epoch": trained.best_epoch,
+            **cold_start_extra(trained.cold_start_vector),
+        },
     )
     return bundle.save(out_dir)
 

@@ -18,6 +18,10 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import dataclasses
 import math
+import re
+import unicodedata
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +35,8 @@ ENCODERS = ("attention", "mean", "gru")
 # float precision). A larger constant would also work in float16, but it would stretch the
 # int8 range of the logits and flatten every real logit to one value.
 _MASKED_LOGIT = -30.0
+
+_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -49,21 +55,37 @@ class ModelConfig:
         dropout: dropout rate of the user tower during training.
         use_genres: add a dense projection of the genre multi-hot to each item vector when
             the data has genres.
+        use_titles: add the mean embedding of the title's hashed words to each item vector.
+        title_buckets: hash buckets of title words (bucket 0 is padding).
+        title_words: at most this many distinct words of each title are read.
+        id_dropout: during training, the share of items whose id vector is dropped, so
+            that their features alone place them (what embeds new items).
     """
 
     embedding_dim: int = 64
     history_length: int = 50
     encoder: str = "attention"
-    num_blocks: int = 1
+    num_blocks: int = 2
     num_heads: int = 1
     ffn_dim: int = 128
     dropout: float = 0.3
     use_genres: bool = True
+    use_titles: bool = True
+    title_buckets: int = 2048
+    title_words: int = 8
+    id_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"expected encoder in {ENCODERS}, got {self.encoder!r}")
-        for name in ("embedding_dim", "history_length", "num_blocks", "num_heads", "ffn_dim"):
+        for name in (
+            "embedding_dim",
+            "history_length",
+            "num_blocks",
+            "num_heads",
+            "ffn_dim",
+            "title_words",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
         if self.embedding_dim % self.num_heads:
@@ -71,8 +93,11 @@ class ModelConfig:
                 f"expected num_heads to divide embedding_dim, got num_heads={self.num_heads} "
                 f"and embedding_dim={self.embedding_dim}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"expected 0 <= dropout < 1, got {self.dropout}")
+        for name in ("dropout", "id_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"expected 0 <= {name} < 1, got {getattr(self, name)}")
+        if self.title_buckets < 2:
+            raise ValueError(f"expected title_buckets >= 2, got {self.title_buckets}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values."""
@@ -121,17 +146,88 @@ class SequenceEmbedding(tf_keras.layers.Layer):
         return history * (keep * scale) + (1.0 - keep) * self.padding + self.positions
 
 
+def title_word_ids(titles: Sequence[str | None], config: ModelConfig) -> np.ndarray:
+    """int32 ``[N, title_words]``: hashed word ids of each title (0 pads, ids from 1).
+
+    Words are NFKC-normalised, lower-cased runs of letters and digits (the year of a
+    MovieLens title is a word too); a stable hash (CRC-32) puts each word in one of
+    ``title_buckets - 1`` buckets, so words never seen in training still get an id.
+    """
+    ids = np.zeros((len(titles), config.title_words), dtype=np.int32)
+    for row, title in enumerate(titles):
+        words = _WORD.findall(unicodedata.normalize("NFKC", title or "").lower())
+        for column, word in enumerate(dict.fromkeys(words)):
+            if column == config.title_words:
+                break
+            ids[row, column] = zlib.crc32(word.encode("utf-8")) % (config.title_buckets - 1) + 1
+    return ids
+
+
+def build_feature_encoder(num_genres: int, config: ModelConfig) -> tf_keras.Model:
+    """The item features part of the item tower: what embeds an item the model never saw.
+
+    Inputs ``genres`` float32 ``[B, G]`` (multi-hot) and ``words`` int32 ``[B, W]``
+    (`title_word_ids`) -> float32 ``[B, D]``: a projection of the genres plus the mean
+    embedding of the title words. Without features (``use_genres``/``use_titles`` off or
+    none in the data) it returns zeros.
+    """
+    genres = tf_keras.Input(shape=(num_genres,), dtype=tf.float32, name="genres")
+    words = tf_keras.Input(shape=(config.title_words,), dtype=tf.int32, name="words")
+    parts = []
+    if config.use_genres and num_genres > 0:
+        parts.append(
+            tf_keras.layers.Dense(config.embedding_dim, use_bias=False, name="genre_projection")(
+                genres
+            )
+        )
+    if config.use_titles:
+        embedded = tf_keras.layers.Embedding(
+            config.title_buckets,
+            config.embedding_dim,
+            embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05),
+            name="title_words",
+        )(words)
+        present = tf.cast(words > 0, tf.float32)[:, :, None]
+        count = tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
+        parts.append(tf.reduce_sum(embedded * present, axis=1) / count)
+    if not parts:
+        parts.append(
+            tf.zeros_like(tf.cast(words[:, :1], tf.float32)) * tf.zeros([config.embedding_dim])
+        )
+    vector = tf.add_n(parts)
+    return tf_keras.Model(
+        inputs={"genres": genres, "words": words}, outputs=vector, name="feature_encoder"
+    )
+
+
 def build_item_tower(
-    num_items: int, config: ModelConfig, item_genres: np.ndarray | None = None
+    num_items: int,
+    config: ModelConfig,
+    item_genres: np.ndarray | None = None,
+    item_words: np.ndarray | None = None,
 ) -> tf_keras.Model:
     """Item tower: input ``item`` int32 ``[B]`` -> item vectors float32 ``[B, D]``.
 
-    ``item_genres`` (float32 ``[num_items, G]`` multi-hot) is stored in a frozen lookup
-    table, so the tower needs only the item index; it is ignored when
-    ``config.use_genres`` is false or ``G == 0``.
+    The vector is a learned vector per training id plus `build_feature_encoder` over the
+    item's features, which frozen lookup tables hold: ``item_genres`` (float32 ``[N, G]``
+    multi-hot) and ``item_words`` (int32 ``[N, W]``, `title_word_ids`). During training
+    ``config.id_dropout`` drops whole id vectors, so that features alone must place an
+    item: how an item the model never saw gets its vector.
     """
     if num_items < 1:
         raise ValueError(f"expected num_items >= 1, got {num_items}")
+    genres = np.zeros((num_items, 0), np.float32) if item_genres is None else item_genres
+    genres = np.asarray(genres, dtype=np.float32)
+    words = (
+        np.zeros((num_items, config.title_words), np.int32)
+        if item_words is None
+        else np.asarray(item_words, dtype=np.int32)
+    )
+    if genres.shape[0] != num_items or words.shape != (num_items, config.title_words):
+        raise ValueError(
+            f"expected item_genres with {num_items} rows and item_words of shape "
+            f"({num_items}, {config.title_words}), got {genres.shape} and {words.shape}"
+        )
     item = tf_keras.Input(shape=(), dtype=tf.int32, name="item")
     vector = tf_keras.layers.Embedding(
         num_items,
@@ -139,23 +235,32 @@ def build_item_tower(
         embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05),
         name="item_embedding",
     )(item)
-    if config.use_genres and item_genres is not None and item_genres.shape[1] > 0:
-        genres = np.asarray(item_genres, dtype=np.float32)
-        if genres.shape[0] != num_items:
-            raise ValueError(
-                f"expected item_genres with {num_items} rows (one per item), got {genres.shape[0]}"
-            )
-        multi_hot = tf_keras.layers.Embedding(
-            num_items,
-            genres.shape[1],
-            embeddings_initializer=tf_keras.initializers.Constant(genres),
-            trainable=False,
-            name="item_genres",
-        )(item)
-        vector = vector + tf_keras.layers.Dense(
-            config.embedding_dim, use_bias=False, name="genre_projection"
-        )(multi_hot)
-    return tf_keras.Model(inputs=item, outputs=vector, name="item_tower")
+    if config.id_dropout > 0:
+        vector = tf_keras.layers.Dropout(
+            config.id_dropout, noise_shape=(None, 1), name="id_dropout"
+        )(vector)
+    features = build_feature_encoder(genres.shape[1], config)
+    feature_vector = features(
+        {
+            "genres": _frozen_lookup(item, genres, "item_genres"),
+            "words": tf.cast(
+                _frozen_lookup(item, words.astype(np.float32), "item_words"), tf.int32
+            ),
+        }
+    )
+    return tf_keras.Model(inputs=item, outputs=vector + feature_vector, name="item_tower")
+
+
+def _frozen_lookup(item: tf.Tensor, rows: np.ndarray, name: str) -> tf.Tensor:
+    if rows.shape[1] == 0:
+        return tf.zeros_like(tf.cast(item, tf.float32))[:, None] * tf.zeros([0])
+    return tf_keras.layers.Embedding(
+        rows.shape[0],
+        rows.shape[1],
+        embeddings_initializer=tf_keras.initializers.Constant(rows),
+        trainable=False,
+        name=name,
+    )(item)
 
 
 def build_sequence_encoder(config: ModelConfig) -> tf_keras.Model:
