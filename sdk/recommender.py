@@ -600,7 +600,8 @@ class _Request:
     ) -> Recommendations:
         """The ranked rows as `Recommendations`, each with its reasons."""
         serving = self.serving
-        history = self.rows
+        # What the user tower read: an item removed leaves a gap, no older item slides in.
+        history = self.rows[-serving.history_length :]
 
         def without(removed: Sequence[int]) -> np.ndarray:
             return _user_vectors(serving, [[r for r in history if r != x] for x in removed])
@@ -611,7 +612,7 @@ class _Request:
             serving.titles,
             rows,
             scores,
-            history[-serving.history_length :],
+            history,
             self.user_vector,
             without,
             matched,

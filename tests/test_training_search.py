@@ -31,9 +31,11 @@ def trained() -> TrainedModel:
 
 @pytest.fixture(scope="module")
 def towered(trained, tmp_path_factory):
-    """The tiny model's bundle with a search tower trained for two epochs, and the tower."""
+    """The tiny model's bundle with a search tower trained for three epochs, and the tower."""
     path = export_bundle(trained, tmp_path_factory.mktemp("b") / "bundle", split=tiny_split())
-    config = SearchTowerConfig(encoding=ENCODING, epochs=2, examples_per_user=8)
+    config = SearchTowerConfig(
+        encoding=ENCODING, epochs=3, examples_per_user=12, learning_rate=1e-2
+    )
     return add_search_tower(Bundle.open(path), trained, tiny_split(), config)
 
 
@@ -120,3 +122,14 @@ def test_new_catalog_and_rebuilt_parts_keep_the_tower(towered):
     assert synced.search_tower is None and synced.search_tower_settings is None
     with Recommender.open(synced) as recommender:
         assert recommender.search(bundle.items[0]["title"], k=3).items
+
+
+def test_cli_train_search_is_documented_and_refuses_a_run_without_a_model(tmp_path, capsys):
+    from pocketrec.cli import build_parser, main
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train-search", "--help"])
+    assert "search_tower.tflite" in capsys.readouterr().out.replace("\n", " ")
+    code = main(["train-search", str(tmp_path), "--bundle", str(tmp_path), "--synthetic", "20"])
+    assert code != 0
+    assert "manifest.json" in capsys.readouterr().err

@@ -15,7 +15,8 @@ scorer are unchanged; the tower is one more small file (``search_tower.tflite``)
 
 Training data are pseudo-queries made from the target item of each training prefix: one of
 its genres, one or two words of its title, or a title word with one typo, with the prefix's
-user vector. The loss is a full softmax over the frozen item table. A share of examples
+user vector. The loss is a full softmax over the frozen item table plus a softmax over the
+query's lexical matches alone (those search re-ranks). A share of examples
 replaces the user vector with the cold-start one (or zeros), so the tower also serves users
 with no history. The prefix's own items leave the softmax, as they leave search results.
 Real (user, query, item, time) logs are not read yet.
@@ -47,9 +48,12 @@ from pocketrec.sdk.search import (
     SEARCH_SIGNATURE,
     SEARCH_TOWER_QUANTIZATIONS,
     USER_INPUT,
+    Searcher,
+    SearchSettings,
 )
 from pocketrec.training._flatbuffer import strip_names
 from pocketrec.training._trained import TrainedModel
+from pocketrec.training.export import items_metadata
 
 # Query kinds of the pseudo-queries, drawn uniformly among those the target's metadata allows.
 QUERY_KINDS = ("genre", "title", "typo")
@@ -270,17 +274,25 @@ def train_search_tower(
     genres = [
         [trained.genre_names[g] for g in np.flatnonzero(row > 0)] for row in trained.item_genres
     ]
+    # Search ranks only the lexical matches of a query: a second softmax over them alone.
+    searcher = Searcher.of(
+        items_metadata(trained) or [{}] * trained.num_items, SearchSettings(), None
+    )
     model = build_search_tower(table.dim, config)
     optimizer = tf_keras.optimizers.Adam(config.learning_rate)
 
     @tf.function
-    def step(tokens: tf.Tensor, user: tf.Tensor, target: tf.Tensor, seen: tf.Tensor) -> tf.Tensor:
+    def step(
+        tokens: tf.Tensor, user: tf.Tensor, target: tf.Tensor, seen: tf.Tensor, other: tf.Tensor
+    ) -> tf.Tensor:
         with tf.GradientTape() as tape:
             vector = model({QUERY_INPUT: tokens, USER_INPUT: user}, training=True)
             logits = tf.matmul(vector, items, transpose_b=True) + seen
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits)
+            full = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=logits)
+            matched = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=target, logits=logits + other
             )
+            loss = tf.reduce_mean(full + matched)
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return loss
@@ -289,6 +301,7 @@ def train_search_tower(
     for epoch in range(config.epochs):
         queries = [pseudo_query(trained.titles[t], genres[t], rng) or "" for t in targets]
         tokens = query_tokens(queries, config.encoding)
+        matches = [searcher.lexical(words(q))[0] for q in queries]
         epoch_users = users.copy()
         epoch_users[rng.random(len(users)) < config.user_dropout] = cold
         order = rng.permutation(len(targets))
@@ -298,9 +311,12 @@ def train_search_tower(
             # The prefix's items are out of the softmax: search, like recommend, never
             # returns them, so the tower need not push them down.
             seen = np.zeros((len(batch), table.num_items), np.float32)
+            other = np.full((len(batch), table.num_items), _SEEN_LOGIT, np.float32)
             for i, example in enumerate(batch.tolist()):
                 seen[i, prefixes[example]] = _SEEN_LOGIT
-            loss = step(tokens[batch], epoch_users[batch], targets[batch], seen)
+                other[i, matches[example]] = 0.0
+                other[i, targets[example]] = 0.0
+            loss = step(tokens[batch], epoch_users[batch], targets[batch], seen, other)
             total += float(loss) * len(batch)
         losses.append(total / len(order))
         _log.LOGGER.info("search tower epoch %d: loss %.4f", epoch + 1, losses[-1])
