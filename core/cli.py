@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         _register_bench_latency,
         _register_bench_cold,
         _register_bench_search,
+        _register_train_search,
         _register_keys,
         _register_publish,
         _register_rollout,
@@ -830,6 +831,62 @@ def _bench_search(args: argparse.Namespace) -> int:
 
     config = SearchBenchConfig(bundle=Path(args.bundle), data=args.data, seed=args.seed)
     return bench_main(config, out, save=args.save)
+
+
+def _register_train_search(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subcommand(
+        subparsers,
+        "train-search",
+        _train_search,
+        help="train a search tower for a trained run and add it to its bundle",
+        description=(
+            "Trains the search tower (pocketrec.training.search: a query encoder over the "
+            "device tokenizer's hashed words and n-grams, combined with the user vector) on "
+            "pseudo-queries made from each training target's genres and title, against the "
+            "run's frozen item table and user tower, and writes it into BUNDLE as "
+            "search_tower.tflite with its golden outputs (or into --out). Then `pocketrec "
+            "bench-search BUNDLE --save` tunes and saves the mix."
+        ),
+    )
+    parser.add_argument("run", metavar="RUN_DIR", help="a `pocketrec train --out` directory")
+    parser.add_argument(
+        "--bundle", required=True, metavar="BUNDLE", help="the bundle exported from RUN_DIR"
+    )
+    add_data_arguments(parser, required=True)
+    parser.add_argument("--epochs", type=int, help="training epochs (default 6)")
+    parser.add_argument(
+        "--quantization",
+        choices=("float32", "dynamic"),
+        default="float32",
+        help="float32 or dynamic (int8 weights, a quarter of the bytes)",
+    )
+    parser.add_argument("--out", metavar="BUNDLE_OUT", help="write here instead of BUNDLE")
+
+
+def _train_search(args: argparse.Namespace) -> int:
+    require_extras("train-search", _TENSORFLOW)
+    out = writable_dir(args.out or args.bundle, parent=True)
+    from pocketrec.evaluation import leave_last_out
+    from pocketrec.sdk import Bundle
+    from pocketrec.training import TrainedModel
+    from pocketrec.training.search import SearchTowerConfig, add_search_tower
+
+    bundle = Bundle.open(args.bundle)
+    trained = TrainedModel.load(_model_dir(Path(args.run)))
+    split = leave_last_out(load_from_args(args))
+    config = SearchTowerConfig(seed=args.seed)
+    if args.epochs is not None:
+        config = dataclasses.replace(config, epochs=args.epochs)
+    with_tower, tower = add_search_tower(
+        bundle, trained, split, config, quantization=args.quantization
+    )
+    with_tower.save(out)
+    size = len(with_tower.search_tower or b"")
+    print(
+        f"search tower: {size:,} bytes ({args.quantization}), loss per epoch "
+        f"{', '.join(f'{v:.3f}' for v in tower.losses)}; bundle: {out}"
+    )
+    return 0
 
 
 def _register_bench_latency(subparsers: argparse._SubParsersAction) -> None:

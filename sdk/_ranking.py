@@ -13,12 +13,12 @@ class Reason:
     """One reason a result came back.
 
     Attributes:
-        kind: ``"history"``: an item of the history whose vector is close to the result's;
+        kind: ``"history"``: an item of the history without which the result scores lower;
             ``"query"``: a search query word the result's text matches.
         value: the history item's id, or the query word (normalized, as matched).
         title: the history item's title, when the bundle knows it.
-        weight: for ``"history"``, the dot product of the two item vectors (the larger, the
-            more that item pulled the result up); for ``"query"``, 0.
+        weight: for ``"history"``, how much the result's score (user vector · its item
+            vector) drops when the item is removed from the history; for ``"query"``, 0.
     """
 
     kind: Literal["history", "query"]
@@ -32,7 +32,8 @@ class Recommendation:
     """One recommended item; ``title`` is None when the bundle has no metadata for it.
 
     ``because`` says why: the matched query words (search only), then up to 3 history
-    items most similar to it, most similar first (empty for an empty history).
+    items whose removal lowers its score most, largest drop first (none for an empty
+    history).
     """
 
     item_id: str

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,3 +92,64 @@ def item_text(item: Mapping[str, Any]) -> str:
         elif isinstance(value, list):
             parts.extend(v for v in value if isinstance(v, str))
     return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class QueryEncoding:
+    """How a query becomes the search tower's input: hashed ids of its words and n-grams.
+
+    Fewer buckets than the text index (`TextSettings`): they size the search tower's
+    embedding table. Id 0 pads; a word is ``1 + crc32("#word#") % (buckets - 1)``, its
+    n-grams ``1 + `word_ngrams` with ``buckets - 1`` buckets``, so a typo keeps most ids.
+
+    Attributes:
+        buckets: token ids lie in ``[0, buckets)``.
+        max_tokens: T, the ids per query (distinct, words first, then n-grams; cut or padded).
+        ngram: characters per n-gram.
+    """
+
+    buckets: int = 8192
+    max_tokens: int = 32
+    ngram: int = 3
+
+    def __post_init__(self) -> None:
+        for name, low in (("buckets", 2), ("max_tokens", 1), ("ngram", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.buckets > 1 << 31:
+            raise ValueError(f"buckets must be at most 2**31 (int32 ids), got {self.buckets}")
+
+    def token_ids(self, query_words: Sequence[str]) -> list[int]:
+        """``max_tokens`` ids of normalized ``query_words`` (`words` output), 0-padded."""
+        hashed = TextSettings(ngram=self.ngram, buckets=self.buckets - 1)
+        ids = [1 + zlib.crc32(f"#{w}#".encode()) % (self.buckets - 1) for w in query_words]
+        for word in query_words:
+            ids.extend(1 + g for g in word_ngrams(word, hashed))
+        distinct = list(dict.fromkeys(ids))[: self.max_tokens]
+        return distinct + [0] * (self.max_tokens - len(distinct))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest form (``hash`` names the function, for readers of the file)."""
+        return {
+            "buckets": self.buckets,
+            "max_tokens": self.max_tokens,
+            "ngram": self.ngram,
+            "hash": HASH,
+        }
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> QueryEncoding:
+        """Inverse of `to_dict`.
+
+        Raises:
+            ValueError: for a hash this SDK does not compute, or bad numbers.
+            KeyError: for a missing number.
+        """
+        if document.get("hash", HASH) != HASH:
+            raise ValueError(f"query hash must be {HASH!r}, got {document.get('hash')!r}")
+        return cls(
+            buckets=document["buckets"],
+            max_tokens=document["max_tokens"],
+            ngram=document["ngram"],
+        )

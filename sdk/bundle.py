@@ -32,6 +32,7 @@ from pocketrec.sdk._encoding import encode_histories
 from pocketrec.sdk._ids import item_ids as checked_item_ids
 from pocketrec.sdk._ranking import top_k
 from pocketrec.sdk._runtime import UserTower, model_op_types
+from pocketrec.sdk._text import QueryEncoding, item_text, words
 from pocketrec.sdk._text_index import TextIndex
 from pocketrec.sdk.contract import (
     ACCELERATORS,
@@ -43,7 +44,14 @@ from pocketrec.sdk.contract import (
     USER_VECTOR_OUTPUT,
     check_choice,
 )
-from pocketrec.sdk.search import TEXT_INDEX_FILE, SearchSettings
+from pocketrec.sdk.search import (
+    SEARCH_TOWER_FILE,
+    SEARCH_TOWER_QUANTIZATIONS,
+    TEXT_INDEX_FILE,
+    SearchSettings,
+    SearchTower,
+    SearchTowerSettings,
+)
 from pocketrec.sdk.table import ItemTable
 
 # 2: integer tables may store float16 row scales. Version 1 bundles still open.
@@ -95,12 +103,14 @@ class Bundle:
         source: str,
         items_json: bytes | None = None,
         text_index: bytes | None = None,
+        search_tower: bytes | None = None,
     ) -> None:
         """Wraps parts that were already checked; use the class methods instead.
 
         ``items`` is kept, not copied (every factory hands over fresh dicts);
         ``items_json``, when given, is their ``items.json`` as already serialised;
-        ``text_index`` is the optional ``text_index.bin``.
+        ``text_index`` is the optional ``text_index.bin``, ``search_tower`` the optional
+        ``search_tower.tflite``.
         """
         self._manifest = copy.deepcopy(dict(manifest))
         self._model = bytes(model)
@@ -110,6 +120,7 @@ class Bundle:
         self._source = source
         self._items_json = items_json
         self._text_index = text_index
+        self._search_tower = search_tower
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -154,7 +165,16 @@ class Bundle:
         items = _parse_items(_read_file(directory / ITEMS_FILE), directory / ITEMS_FILE)
         model = _read_file(directory / manifest["model"]["file"])
         text_index = _read_file(directory / TEXT_INDEX_FILE) if TEXT_INDEX_FILE in files else None
-        return cls._checked(manifest, model, table, items, str(directory), text_index=text_index)
+        tower = _read_file(directory / SEARCH_TOWER_FILE) if SEARCH_TOWER_FILE in files else None
+        return cls._checked(
+            manifest,
+            model,
+            table,
+            items,
+            str(directory),
+            text_index=text_index,
+            search_tower=tower,
+        )
 
     @classmethod
     def from_files(
@@ -180,8 +200,16 @@ class Bundle:
         items = _parse_items(files[ITEMS_FILE], where / ITEMS_FILE)
         model = files[manifest["model"]["file"]]
         text_index = files.get(TEXT_INDEX_FILE) if TEXT_INDEX_FILE in manifest["files"] else None
+        tower = files.get(SEARCH_TOWER_FILE) if SEARCH_TOWER_FILE in manifest["files"] else None
         bundle = cls._checked(
-            manifest, model, table, items, source, files[ITEMS_FILE], text_index=text_index
+            manifest,
+            model,
+            table,
+            items,
+            source,
+            files[ITEMS_FILE],
+            text_index=text_index,
+            search_tower=tower,
         )
         if verify:
             bundle.verify()
@@ -196,19 +224,25 @@ class Bundle:
         items: Sequence[Mapping[str, Any]],
         *,
         verify: bool = True,
+        search_tower: bytes | None = None,
     ) -> Bundle:
         """The bundle ``manifest`` describes, from its parts already in memory.
 
         The files are serialised as `save` writes them and each must match the manifest's
         sha256 (e.g. a catalog rebuilt from synced rows against the signed manifest); a
-        text index the manifest lists is rebuilt from ``items``.
+        text index the manifest lists is rebuilt from ``items``. A search tower the
+        manifest lists comes from ``search_tower``; without it (the sync ships the user
+        tower and the rows, not the search tower) the bundle is built without it, so
+        search falls back to the user vector.
 
         Raises:
             BundleError: if a digest, the manifest or (with ``verify``) the golden
                 self-check fails.
         """
-        manifest_bytes = _json_bytes(dict(manifest))
-        document = _parse_manifest(manifest_bytes, Path("<parts>"))
+        document = _parse_manifest(_json_bytes(dict(manifest)), Path("<parts>"))
+        if search_tower is None and SEARCH_TOWER_FILE in document["files"]:
+            document = _without_search_tower(document)
+        manifest_bytes = _json_bytes(document)
         entry, files = table.to_files()
         if document["table"] != entry:
             raise BundleError(
@@ -220,6 +254,8 @@ class Bundle:
         if TEXT_INDEX_FILE in document["files"]:
             settings = _search_settings(document)
             files[TEXT_INDEX_FILE] = TextIndex.build(plain_items, settings.text).to_bytes()
+        if search_tower is not None:
+            files[SEARCH_TOWER_FILE] = bytes(search_tower)
         files[MANIFEST_FILE] = manifest_bytes
         return cls.from_files(files, verify=verify, source="<parts>")
 
@@ -350,6 +386,7 @@ class Bundle:
             source=self._source,
             items_json=self._items_json,
             text_index=self._text_index,
+            search_tower=self._search_tower,
         )
 
     def with_items(
@@ -361,8 +398,8 @@ class Bundle:
         """The same model with another item table: a new catalog in the same embedding space.
 
         Golden outputs are recorded again (history vectors come from the table); the
-        search settings are kept, and a text index is rebuilt for the new items if this
-        bundle has one.
+        search settings are kept, a text index is rebuilt for the new items if this
+        bundle has one, and a search tower is kept (it reads user vectors, not items).
 
         Raises:
             ValueError: if the table's dimension is not the model's, or ids are bad.
@@ -373,7 +410,7 @@ class Bundle:
                 f"{table.dim}. A table from another model needs that model's bundle"
             )
         model = self._manifest["model"]
-        return Bundle.build(
+        bundle = Bundle.build(
             model=self._model,
             table=table,
             item_ids=item_ids,
@@ -387,6 +424,15 @@ class Bundle:
             extra=self._manifest["extra"],
             search=self.search_settings if "search" in self._manifest else None,
             text_index=self._text_index is not None,
+        )
+        tower = self.search_tower_settings
+        if tower is None or self._search_tower is None:
+            return bundle
+        return bundle.with_search_tower(
+            self._search_tower,
+            tower.encoding,
+            quantization=tower.quantization,
+            golden_queries=tower.golden["queries"],
         )
 
     def with_search(
@@ -409,7 +455,10 @@ class Bundle:
             if index is None or settings.text != self.search_settings.text:
                 index = TextIndex.build(self._items, settings.text).to_bytes()
         manifest = copy.deepcopy(self._manifest)
+        tower = manifest.get("search", {}).get("tower")
         manifest["search"] = settings.to_dict()
+        if tower is not None:
+            manifest["search"]["tower"] = tower
         files = dict(manifest["files"])
         files.pop(TEXT_INDEX_FILE, None)
         if index is not None:
@@ -423,6 +472,69 @@ class Bundle:
             source=self._source,
             items_json=self._items_json,
             text_index=index,
+            search_tower=self._search_tower,
+        )
+
+    def with_search_tower(
+        self,
+        model: bytes | None,
+        encoding: QueryEncoding | None = None,
+        *,
+        quantization: str = "float32",
+        golden_queries: Sequence[str] | None = None,
+    ) -> Bundle:
+        """The same bundle with a search tower (``search_tower.tflite``), or without one.
+
+        Its golden outputs are recorded here, by this CPU's runtime, for the golden
+        queries (default: a few made from the items' text) paired with the bundle's golden
+        user vectors; `verify` checks them.
+
+        Args:
+            model: the search tower ``.tflite`` (`pocketrec.training.search`), or None to
+                drop it.
+            encoding: the `QueryEncoding` it was trained with (required with a model).
+            quantization: how it was converted, one of ``SEARCH_TOWER_QUANTIZATIONS``.
+
+        Raises:
+            ValueError: for a model without an encoding or an unknown quantization.
+            BundleError: if the model does not have the search tower's signature.
+        """
+        manifest = copy.deepcopy(self._manifest)
+        files = dict(manifest["files"])
+        files.pop(SEARCH_TOWER_FILE, None)
+        search = dict(manifest.get("search", SearchSettings().to_dict()))
+        search.pop("tower", None)
+        if model is not None:
+            if not isinstance(encoding, QueryEncoding):
+                raise ValueError("a search tower needs the QueryEncoding it was trained with")
+            if quantization not in SEARCH_TOWER_QUANTIZATIONS:
+                raise ValueError(
+                    f"quantization must be one of {', '.join(SEARCH_TOWER_QUANTIZATIONS)}; "
+                    f"got {quantization!r}"
+                )
+            model = bytes(model)
+            tower = SearchTower(model, encoding, self.embedding_dim)
+            queries = list(golden_queries or _default_golden_queries(self._items))
+            users = np.asarray(manifest["golden"]["user_vectors"], np.float32)
+            paired = users[np.arange(len(queries)) % len(users)]
+            golden = {
+                "queries": queries,
+                "user_vectors": paired.tolist(),
+                "search_vectors": tower.vectors(queries, paired).tolist(),
+            }
+            search["tower"] = SearchTowerSettings(encoding, quantization, golden).to_dict()
+            files[SEARCH_TOWER_FILE] = hashlib.sha256(model).hexdigest()
+        manifest["search"] = search
+        manifest["files"] = dict(sorted(files.items()))
+        return Bundle(
+            manifest,
+            self._model,
+            self._table,
+            self._items,
+            source=self._source,
+            items_json=self._items_json,
+            text_index=self._text_index,
+            search_tower=model,
         )
 
     def files(self) -> dict[str, bytes]:
@@ -432,6 +544,8 @@ class Bundle:
         contents[ITEMS_FILE] = self._items_file()
         if self._text_index is not None:
             contents[TEXT_INDEX_FILE] = self._text_index
+        if self._search_tower is not None:
+            contents[SEARCH_TOWER_FILE] = self._search_tower
         contents[MANIFEST_FILE] = _json_bytes(self._manifest)
         return contents
 
@@ -500,13 +614,18 @@ class Bundle:
     # -- contents --------------------------------------------------------------------------
 
     def verify(self) -> None:
-        """Runs the golden self-check on this CPU (see docs/bundle-format.md, Verification).
+        """Runs the golden self-check on this CPU (see docs/bundle-format.md, Verification):
+        the user tower and the table, and the search tower when the bundle has one.
 
         Raises:
-            BundleError: if the model or the table does not reproduce the golden outputs.
+            BundleError: if a model or the table does not reproduce the golden outputs.
         """
         tower = UserTower(self._model, history_length=self.history_length, dim=self.embedding_dim)
         check_golden(self, tower)
+        settings = self.search_tower_settings
+        if settings is not None and self._search_tower is not None:
+            search_tower = SearchTower(self._search_tower, settings.encoding, self.embedding_dim)
+            search_tower.check_golden(settings, self._source)
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -543,6 +662,16 @@ class Bundle:
         """``text_index.bin`` as shipped, or None when the bundle has none (see
         `pocketrec.sdk.search`; the device then builds the index from the items)."""
         return self._text_index
+
+    @property
+    def search_tower(self) -> bytes | None:
+        """``search_tower.tflite`` as shipped, or None (search then mixes in the user vector)."""
+        return self._search_tower
+
+    @property
+    def search_tower_settings(self) -> SearchTowerSettings | None:
+        """The manifest's ``search.tower`` entry, or None when the bundle has no tower."""
+        return _tower_settings(self._manifest)
 
     @property
     def source(self) -> str:
@@ -652,6 +781,7 @@ class Bundle:
         items_json: bytes | None = None,
         *,
         text_index: bytes | None = None,
+        search_tower: bytes | None = None,
     ) -> Bundle:
         """Cross-checks parsed parts: table and items against the manifest's counts."""
         count, dim = manifest["item_count"], manifest["embedding_dim"]
@@ -672,6 +802,7 @@ class Bundle:
             source=source,
             items_json=items_json,
             text_index=text_index,
+            search_tower=search_tower,
         )
 
 
@@ -889,11 +1020,17 @@ def _parse_manifest(data: bytes, directory: Path) -> dict[str, Any]:
         )
     try:
         _search_settings(manifest)
+        tower = _tower_settings(manifest)
     except (TypeError, ValueError) as exc:
         raise BundleError(
             f"{path}: manifest 'search' is not valid search settings ({exc}); rewrite it with "
             "Bundle.with_search"
         ) from exc
+    if (tower is None) != (SEARCH_TOWER_FILE not in files):
+        raise BundleError(
+            f"{path}: manifest 'search.tower' and the file {SEARCH_TOWER_FILE} come together; "
+            "rewrite the bundle with Bundle.with_search_tower"
+        )
     return manifest
 
 
@@ -902,6 +1039,29 @@ def _search_settings(manifest: Mapping[str, Any]) -> SearchSettings:
     if "search" not in manifest:
         return SearchSettings()
     return SearchSettings.from_dict(manifest["search"])
+
+
+def _tower_settings(manifest: Mapping[str, Any]) -> SearchTowerSettings | None:
+    """The manifest's optional ``search.tower`` entry."""
+    search = manifest.get("search")
+    if not isinstance(search, Mapping) or "tower" not in search:
+        return None
+    return SearchTowerSettings.from_dict(search["tower"])
+
+
+def _without_search_tower(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """``manifest`` without its search tower entry and file."""
+    document = copy.deepcopy(dict(manifest))
+    document["search"].pop("tower", None)
+    document["files"].pop(SEARCH_TOWER_FILE, None)
+    return document
+
+
+def _default_golden_queries(items: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A blank query, the first item's text, a word of another, and that word cut short."""
+    texts = [item_text(item) for item in items[:: max(1, len(items) // 7)]][:3]
+    found = [w for text in texts[1:] for w in words(text) if len(w) >= 4][:1]
+    return ["", texts[0] if texts else "", *found, *(w[:-1] for w in found)]
 
 
 def _parse_items(data: bytes, path: Path) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from pocketrec.sdk._text import words
 from pocketrec.sdk.accelerators import ACCELERATOR_CHOICES, Placement, choose, golden_tolerance
 from pocketrec.sdk.bundle import Bundle, check_golden
 from pocketrec.sdk.contract import COLD_START_VECTOR, check_choice
-from pocketrec.sdk.search import Searcher, user_scores
+from pocketrec.sdk.search import Searcher, SearchTower, user_scores
 from pocketrec.sdk.table import ItemTable
 
 # The result types live beside the ranking code that search shares; exported from here.
@@ -148,7 +148,15 @@ class _Serving:
         with self._index_lock:
             if self._searcher is None:
                 bundle = self.bundle
-                self._searcher = Searcher.of(self.items, bundle.search_settings, bundle.text_index)
+                tower = bundle.search_tower_settings
+                search_tower = None
+                if tower is not None and bundle.search_tower is not None:
+                    search_tower = SearchTower(
+                        bundle.search_tower, tower.encoding, bundle.embedding_dim
+                    )
+                self._searcher = Searcher.of(
+                    self.items, bundle.search_settings, bundle.text_index, search_tower
+                )
             return self._searcher
 
     @contextmanager
@@ -302,8 +310,9 @@ class Recommender:
                 may be missed. The index is built on the first such call for a table
                 (seconds to minutes at 1M items) and scores with float32 dot products.
 
-        Each result's ``because`` names up to 3 history items whose vectors are closest to
-        its own (`Reason`), computed from the same table.
+        Each result's ``because`` names up to 3 history items whose removal from the
+        history lowers its score most, with that drop as the weight (`Reason`; measured by
+        one more user-tower call, see `pocketrec.sdk._explain`).
 
         Scores come from the serving table's scorer: on catalogs large enough, a LiteRT
         graph built from the table, whose int8/int4 kernels also quantize the user vector
@@ -345,10 +354,12 @@ class Recommender:
 
         The bundle's text index (titles, genres, every text field of items.json) finds
         the items matching the query's words, typos included; the best lexical matches
-        are re-ranked by the user vector, as `pocketrec.sdk.search` describes, with the
-        bundle's `SearchSettings`. ``score`` is that mixed score. A query without a word
-        (empty, blanks, punctuation) is exactly `recommend`. Each result's ``because``
-        lists the query words it matched, then the history items most like it.
+        are re-ranked by the user vector (or, when the bundle ships a search tower, by
+        the search vector it makes of the query and the user vector), as
+        `pocketrec.sdk.search` describes, with the bundle's `SearchSettings`. ``score`` is
+        that mixed score. A query without a word (empty, blanks, punctuation) is exactly
+        `recommend`. Each result's ``because`` lists the query words it matched, then the
+        history items whose removal lowers its score most (as `recommend`'s).
 
         Arguments other than ``query`` are `recommend`'s.
 
@@ -370,9 +381,10 @@ class Recommender:
             )
         request = self._request(history, user, k, exclude, exclude_seen, filters)
         serving = request.serving
-        hits = serving.searcher().search(
+        searcher = serving.searcher()
+        hits = searcher.search(
             query_words,
-            user_scores(serving.scorer, request.user_vector),
+            user_scores(serving.scorer, searcher.personal_vector(query_words, request.user_vector)),
             k,
             banned=request.banned,
             allowed=request.allowed,
@@ -588,13 +600,21 @@ class _Request:
     ) -> Recommendations:
         """The ranked rows as `Recommendations`, each with its reasons."""
         serving = self.serving
+        # What the user tower read: an item removed leaves a gap, no older item slides in.
+        history = self.rows[-serving.history_length :]
+
+        def without(removed: Sequence[int]) -> np.ndarray:
+            return _user_vectors(serving, [[r for r in history if r != x] for x in removed])
+
         items = explained(
             serving.table,
             serving.item_ids,
             serving.titles,
             rows,
             scores,
-            self.rows[-serving.history_length :],
+            history,
+            self.user_vector,
+            without,
             matched,
         )
         return Recommendations(

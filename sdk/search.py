@@ -12,24 +12,44 @@ where ``dense`` is the dot product of the user vector (the same user tower as
 candidates. With ``alpha = 0`` it is plain BM25; a large ``alpha`` orders the lexical
 matches by the user's taste. `SearchSettings` holds the knobs; the bundle manifest's
 ``search`` field stores them (tuned by ``pocketrec bench-search``).
+
+A bundle may also ship a search tower (``search_tower.tflite``, trained by
+`pocketrec.training.search`): a small model from the query's hashed tokens
+(`QueryEncoding`) and the user vector to one search vector ``[D]``, whose dot product
+with the item table is the dense score instead of the user vector's. It reads the same
+user vector as `recommend` (one more small interpreter call) and the same item table, so
+compression, sync and the top-K scorer serve it unchanged.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from pocketrec.errors import BundleError
 from pocketrec.sdk._ranking import top_k
+from pocketrec.sdk._runtime import Interpreter
 from pocketrec.sdk._scorer import Scorer
-from pocketrec.sdk._text import TextSettings, item_text, words
+from pocketrec.sdk._text import QueryEncoding, TextSettings, item_text, words
 from pocketrec.sdk._text_index import TextIndex
+from pocketrec.sdk.contract import GOLDEN_TOLERANCE
 
 TEXT_INDEX_FILE = "text_index.bin"
+# The search tower's file and signature: int32 query [B, T] and float32 user_vector [B, D]
+# -> float32 search_vector [B, D].
+SEARCH_TOWER_FILE = "search_tower.tflite"
+SEARCH_SIGNATURE = "search_vector"
+QUERY_INPUT = "query"
+USER_INPUT = "user_vector"
+SEARCH_OUTPUT = "search_vector"
+# Quantizations a search tower may have (its golden tolerance is the user tower's).
+SEARCH_TOWER_QUANTIZATIONS = ("float32", "dynamic")
 # Candidates are scored by gathering their rows when they are under 1/this of the catalog,
 # else by the scorer's pass over the whole table (cheaper than gathering so many rows).
 _GATHER_SHARE = 8
@@ -105,6 +125,142 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class SearchTowerSettings:
+    """The search tower's entry in the manifest's ``search`` field (``search.tower``).
+
+    Attributes:
+        encoding: how queries become token ids (the tower was trained on the same).
+        quantization: ``"float32"`` or ``"dynamic"`` (int8 weights); picks the golden
+            tolerance.
+        golden: ``{"queries": [str], "user_vectors": [[D floats]], "search_vectors":
+            [[D floats]]}``, what the tower returned when the bundle was built.
+    """
+
+    encoding: QueryEncoding
+    quantization: str
+    golden: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest form."""
+        return {
+            "file": SEARCH_TOWER_FILE,
+            "signature": SEARCH_SIGNATURE,
+            "encoding": self.encoding.to_dict(),
+            "quantization": self.quantization,
+            "golden": dict(self.golden),
+        }
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> SearchTowerSettings:
+        """Inverse of `to_dict`.
+
+        Raises:
+            ValueError: for a malformed entry, naming what is wrong.
+        """
+        try:
+            if document["file"] != SEARCH_TOWER_FILE or document["signature"] != SEARCH_SIGNATURE:
+                raise ValueError(
+                    f"file and signature must be {SEARCH_TOWER_FILE!r} and {SEARCH_SIGNATURE!r}"
+                )
+            quantization = document["quantization"]
+            if quantization not in SEARCH_TOWER_QUANTIZATIONS:
+                raise ValueError(
+                    f"quantization must be one of {SEARCH_TOWER_QUANTIZATIONS}, "
+                    f"got {quantization!r}"
+                )
+            golden = document["golden"]
+            if not isinstance(golden, Mapping) or not {
+                "queries",
+                "user_vectors",
+                "search_vectors",
+            } <= set(golden):
+                raise ValueError("golden must hold queries, user_vectors and search_vectors")
+            return cls(QueryEncoding.from_dict(document["encoding"]), quantization, golden)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"the search tower entry lacks or mistypes {exc}") from exc
+
+
+class SearchTower:
+    """The search tower's LiteRT interpreter; calls are serialized by a lock."""
+
+    def __init__(self, model: bytes, encoding: QueryEncoding, dim: int, num_threads: int = 1):
+        """Loads ``model`` and checks its signature against ``encoding`` and ``dim``.
+
+        Raises:
+            BundleError: if the model does not load or has another signature.
+        """
+        self.encoding = encoding
+        self.dim = dim
+        try:
+            interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+            runner = interpreter.get_signature_runner(SEARCH_SIGNATURE)
+            inputs, outputs = runner.get_input_details(), runner.get_output_details()
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError(
+                f"{SEARCH_TOWER_FILE} is not a .tflite model with signature "
+                f"{SEARCH_SIGNATURE!r} ({exc}); train it again with `pocketrec train-search`"
+            ) from exc
+        shapes = {name: list(d["shape_signature"]) for name, d in {**inputs, **outputs}.items()}
+        wanted = {
+            QUERY_INPUT: [-1, encoding.max_tokens],
+            USER_INPUT: [-1, dim],
+            SEARCH_OUTPUT: [-1, dim],
+        }
+        if {name: shape[1:] for name, shape in shapes.items()} != {
+            name: shape[1:] for name, shape in wanted.items()
+        }:
+            raise BundleError(
+                f"{SEARCH_TOWER_FILE} must map {QUERY_INPUT} [B, {encoding.max_tokens}] and "
+                f"{USER_INPUT} [B, {dim}] to {SEARCH_OUTPUT} [B, {dim}]; found {shapes}"
+            )
+        self._interpreter = interpreter
+        self._runner = runner
+        self._lock = threading.Lock()
+
+    def run(self, tokens: np.ndarray, user_vectors: np.ndarray) -> np.ndarray:
+        """Search vectors float32 ``[B, D]`` of token ids ``[B, T]`` and user vectors."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        users = np.ascontiguousarray(user_vectors, dtype=np.float32)
+        with self._lock:
+            out = self._runner(**{QUERY_INPUT: tokens, USER_INPUT: users})[SEARCH_OUTPUT]
+            out = np.array(out, dtype=np.float32, copy=True)
+        if not np.isfinite(out).all():
+            raise BundleError("the search tower returned NaN or infinite vectors")
+        return out
+
+    def vectors(self, queries: Sequence[str], user_vectors: np.ndarray) -> np.ndarray:
+        """Search vectors ``[B, D]`` of query texts and their users' vectors."""
+        tokens = np.asarray([self.encoding.token_ids(words(q)) for q in queries], np.int32)
+        return self.run(tokens.reshape(len(queries), self.encoding.max_tokens), user_vectors)
+
+    def check_golden(self, settings: SearchTowerSettings, where: str) -> None:
+        """Runs the recorded golden queries and compares the search vectors.
+
+        Raises:
+            BundleError: if they differ by more than the quantization's tolerance.
+        """
+        golden = settings.golden
+        try:
+            users = np.asarray(golden["user_vectors"], np.float32).reshape(-1, self.dim)
+            expected = np.asarray(golden["search_vectors"], np.float32).reshape(-1, self.dim)
+            queries = [str(q) for q in golden["queries"]]
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: the search tower's golden outputs are malformed") from exc
+        if not (len(queries) == len(users) == len(expected)):
+            raise BundleError(f"{where}: the search tower's golden lists differ in length")
+        actual = self.vectors(queries, users)
+        error = float(np.abs(actual.astype(np.float64) - expected).max(initial=0.0))
+        allowed = GOLDEN_TOLERANCE[settings.quantization] * max(
+            1.0, float(np.abs(expected).max(initial=0.0))
+        )
+        if not error <= allowed:
+            raise BundleError(
+                f"{where}: search tower golden self-check failed: search vectors differ by "
+                f"{error:.3g}, more than the {allowed:.3g} allowed; the bundle is corrupt"
+            )
+
+
+@dataclass(frozen=True)
 class SearchHits:
     """Rows found for a query, best first, their mixed scores and matched query words."""
 
@@ -121,9 +277,11 @@ class Searcher:
         index: TextIndex,
         settings: SearchSettings,
         items: Sequence[Mapping[str, Any]],
+        tower: SearchTower | None = None,
     ) -> None:
         self.index = index
         self.settings = settings
+        self.tower = tower
         self._items = items
         # Words of recently returned items, for `matched` on typos (results recur).
         self._item_words = functools.lru_cache(maxsize=_CACHED_ITEMS)(self._words_of)
@@ -137,6 +295,7 @@ class Searcher:
         items: Sequence[Mapping[str, Any]],
         settings: SearchSettings,
         index_bytes: bytes | None,
+        tower: SearchTower | None = None,
     ) -> Searcher:
         """The searcher of a bundle's items: its shipped index, else one built from them.
 
@@ -147,7 +306,16 @@ class Searcher:
             index = TextIndex.build(items, settings.text)
         else:
             index = TextIndex.from_bytes(index_bytes, num_items=len(items), settings=settings.text)
-        return cls(index, settings, items)
+        return cls(index, settings, items, tower)
+
+    def personal_vector(self, query_words: Sequence[str], user_vector: np.ndarray) -> np.ndarray:
+        """The vector whose dot product with the item table is the dense score: the search
+        tower's output for this query and user when the bundle ships one, else the user
+        vector itself."""
+        if self.tower is None:
+            return user_vector
+        tokens = np.asarray([self.tower.encoding.token_ids(query_words)], np.int32)
+        return self.tower.run(tokens, user_vector[None])[0]
 
     def lexical(self, query_words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Rows matching any query word (sorted) and their lexical scores."""

@@ -208,22 +208,23 @@ def test_history_reorders_broad_matches_by_the_user_vector(bundle):
         assert list(dense) == sorted(dense, reverse=True)
 
 
-def test_results_explain_query_words_and_similar_history_items(bundle):
+def test_results_explain_query_words_and_the_history_items_whose_removal_costs_most(bundle):
     with Recommender.open(bundle) as recommender:
         history = ["m0", "m1", "m8", "m9"]
         result = recommender.search("lost advnture", history=history, k=3).items[0]
         assert result.item_id == "m4"
         query = [r.value for r in result.because if r.kind == "query"]
         assert query == ["lost", "advnture"]
-        similar = [r for r in result.because if r.kind == "history"]
-        vectors = item_vectors()
-        expected = sorted(
-            (i for i in (0, 1, 8, 9) if vectors[4] @ vectors[i] > 0),
-            key=lambda i: -(vectors[4] @ vectors[i]),
-        )[:3]
-        assert [r.value for r in similar] == [f"m{i}" for i in expected]
-        for reason in similar:
-            assert reason.weight == pytest.approx(vectors[4] @ vectors[int(reason.value[1:])])
+        reasons = [r for r in result.because if r.kind == "history"]
+        rows = [0, 1, 8, 9]
+        vectors = recommender.user_vectors([rows, *([r for r in rows if r != j] for j in rows)])
+        scores = vectors @ item_vectors()[4]
+        drops = {f"m{j}": scores[0] - scores[1 + n] for n, j in enumerate(rows)}
+        assert reasons, "some history item must raise the result's score"
+        for reason in reasons:
+            assert reason.weight == pytest.approx(drops[reason.value], rel=1e-4, abs=1e-6)
+        assert [r.weight for r in reasons] == sorted((r.weight for r in reasons), reverse=True)
+        assert all(r.weight > 0 for r in reasons)
         assert recommender.recommend(k=2).items[0].because == ()
 
 
@@ -299,11 +300,10 @@ def explanation_faithfulness(recommender: Recommender, split, users: int) -> flo
 
 
 def test_removing_the_top_explaining_item_lowers_the_score_more_than_a_random_one(trained_ml100k):
-    """Chance is 0.5. Issue 14 asks for 0.8; dot-product similarity of item vectors reaches
-    0.75 on this 10-epoch model and 0.78 on the demo's (`pocketrec demo`) bundle: the
-    attention user tower is not linear in its history. The bound keeps that level."""
+    """Chance is 0.5; issue 14 asks for 0.8. Reasons are measured score drops among the
+    most similar history items (`pocketrec.sdk._explain`): 0.91 on the demo's bundle."""
     bundle, split = trained_ml100k
     with Recommender.open(bundle) as recommender:
         share = explanation_faithfulness(recommender, split, users=150)
     print(f"explanation faithfulness on ML-100K: {share:.3f}")
-    assert share >= 0.7
+    assert share >= 0.8
