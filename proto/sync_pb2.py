@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpocketrec/sync/v1/sync.proto\x12\x11pocketrec.sync.v1\"d\n\x12GetManifestRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x1d\n\x15running_model_version\x18\x02 \x01(\x04\x12\x1f\n\x17running_catalog_version\x18\x03 \x01(\x04\"\xc5\x01\n\x13GetManifestResponse\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x35\n\x0cmodel_record\x18\x03 \x01(\x0b\x32\x1f.pocketrec.sync.v1.SignedRecord\x12\x17\n\x0f\x63\x61talog_version\x18\x04 \x01(\x04\x12\x37\n\x0e\x63\x61talog_record\x18\x05 \x01(\x0b\x32\x1f.pocketrec.sync.v1.SignedRecord\"1\n\x0cSignedRecord\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x93\x01\n\x10SyncItemsRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x1d\n\x15since_catalog_version\x18\x03 \x01(\x04\x12\x1e\n\x16target_catalog_version\x18\x04 \x01(\x04\x12\x19\n\x11resume_from_chunk\x18\x05 \x01(\r\"\xdd\x01\n\tItemChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\r\x12\x1e\n\x16target_catalog_version\x18\x03 \x01(\x04\x12\x1c\n\x14\x62\x61se_catalog_version\x18\x04 \x01(\x04\x12\x10\n\x08snapshot\x18\x05 \x01(\x08\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\x0c\x12\x14\n\x0c\x62\x61tch_sha256\x18\x07 \x01(\x0c\x12\x37\n\x0e\x63\x61talog_record\x18\x08 \x01(\x0b\x32\x1f.pocketrec.sync.v1.SignedRecord\"i\n\tItemBatch\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rmetadata_json\x18\x02 \x03(\t\x12\x0e\n\x06values\x18\x03 \x01(\x0c\x12\x0e\n\x06scales\x18\x04 \x01(\x0c\x12\x13\n\x0b\x64\x65leted_ids\x18\x05 \x03(\t\"R\n\x14\x44ownloadModelRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\x0c\x12\x14\n\x0coffset_bytes\x18\x03 \x01(\x04\"D\n\nModelChunk\x12\x14\n\x0coffset_bytes\x18\x01 \x01(\x04\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"f\n\x14WatchManifestRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x1d\n\x15running_model_version\x18\x02 \x01(\x04\x12\x1f\n\x17running_catalog_version\x18\x03 \x01(\x04\"i\n\x0eManifestUpdate\x12\x15\n\rmodel_version\x18\x01 \x01(\x04\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\x04\x12\x11\n\theartbeat\x18\x03 \x01(\x08\x12\x14\n\x0cheartbeat_ms\x18\x04 \x01(\r\"}\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x0c\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x13\n\x0btimestamp_s\x18\x04 \x01(\x01\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12\x17\n\x0f\x63\x61talog_version\x18\x06 \x01(\x04\"O\n\x13UploadEventsRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12(\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x18.pocketrec.sync.v1.Event\"~\n\x14UploadEventsResponse\x12\x1e\n\x16\x61\x63knowledged_event_ids\x18\x01 \x03(\x0c\x12\x12\n\nstored_new\x18\x02 \x01(\r\x12\x32\n\x08rejected\x18\x03 \x03(\x0b\x32 .pocketrec.sync.v1.RejectedEvent\"1\n\rRejectedEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x0c\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x17\x44\x65leteUserEventsRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\"+\n\x18\x44\x65leteUserEventsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\x32\xc5\x04\n\x0b\x43\x61talogSync\x12\\\n\x0bGetManifest\x12%.pocketrec.sync.v1.GetManifestRequest\x1a&.pocketrec.sync.v1.GetManifestResponse\x12P\n\tSyncItems\x12#.pocketrec.sync.v1.SyncItemsRequest\x1a\x1c.pocketrec.sync.v1.ItemChunk0\x01\x12Y\n\rDownloadModel\x12\'.pocketrec.sync.v1.DownloadModelRequest\x1a\x1d.pocketrec.sync.v1.ModelChunk0\x01\x12]\n\rWatchManifest\x12\'.pocketrec.sync.v1.WatchManifestRequest\x1a!.pocketrec.sync.v1.ManifestUpdate0\x01\x12_\n\x0cUploadEvents\x12&.pocketrec.sync.v1.UploadEventsRequest\x1a\'.pocketrec.sync.v1.UploadEventsResponse\x12k\n\x10\x44\x65leteUserEvents\x12*.pocketrec.sync.v1.DeleteUserEventsRequest\x1a+.pocketrec.sync.v1.DeleteUserEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpocketrec/sync/v1/sync.proto\x12\x11pocketrec.sync.v1\"d\n\x12GetManifestRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x1d\n\x15running_model_version\x18\x02 \x01(\x04\x12\x1f\n\x17running_catalog_version\x18\x03 \x01(\x04\"\xc5\x01\n\x13GetManifestResponse\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x35\n\x0cmodel_record\x18\x03 \x01(\x0b\x32\x1f.pocketrec.sync.v1.SignedRecord\x12\x17\n\x0f\x63\x61talog_version\x18\x04 \x01(\x04\x12\x37\n\x0e\x63\x61talog_record\x18\x05 \x01(\x0b\x32\x1f.pocketrec.sync.v1.SignedRecord\"1\n\x0cSignedRecord\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x93\x01\n\x10SyncItemsRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x1d\n\x15since_catalog_version\x18\x03 \x01(\x04\x12\x1e\n\x16target_catalog_version\x18\x04 \x01(\x04\x12\x19\n\x11resume_from_chunk\x18\x05 \x01(\r\"\xdd\x01\n\tItemChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\r\x12\x1e\n\x16target_catalog_version\x18\x03 \x01(\x04\x12\x1c\n\x14\x62\x61se_catalog_version\x18\x04 \x01(\x04\x12\x10\n\x08snapshot\x18\x05 \x01(\x08\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\x0c\x12\x14\n\x0c\x62\x61tch_sha256\x18\x07 \x01(\x0c\x12\x37\n\x0e\x63\x61talog_record\x18\x08 \x01(\x0b\x32\x1f.pocketrec.sync.v1.SignedRecord\"i\n\tItemBatch\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rmetadata_json\x18\x02 \x03(\t\x12\x0e\n\x06values\x18\x03 \x01(\x0c\x12\x0e\n\x06scales\x18\x04 \x01(\x0c\x12\x13\n\x0b\x64\x65leted_ids\x18\x05 \x03(\t\"~\n\x14\x44ownloadModelRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\x0c\x12\x14\n\x0coffset_bytes\x18\x03 \x01(\x04\x12*\n\x04\x66ile\x18\x04 \x01(\x0e\x32\x1c.pocketrec.sync.v1.ModelFile\"D\n\nModelChunk\x12\x14\n\x0coffset_bytes\x18\x01 \x01(\x04\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"f\n\x14WatchManifestRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x1d\n\x15running_model_version\x18\x02 \x01(\x04\x12\x1f\n\x17running_catalog_version\x18\x03 \x01(\x04\"i\n\x0eManifestUpdate\x12\x15\n\rmodel_version\x18\x01 \x01(\x04\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\x04\x12\x11\n\theartbeat\x18\x03 \x01(\x08\x12\x14\n\x0cheartbeat_ms\x18\x04 \x01(\r\"}\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x0c\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x13\n\x0btimestamp_s\x18\x04 \x01(\x01\x12\x15\n\rmodel_version\x18\x05 \x01(\x04\x12\x17\n\x0f\x63\x61talog_version\x18\x06 \x01(\x04\"O\n\x13UploadEventsRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12(\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x18.pocketrec.sync.v1.Event\"~\n\x14UploadEventsResponse\x12\x1e\n\x16\x61\x63knowledged_event_ids\x18\x01 \x03(\x0c\x12\x12\n\nstored_new\x18\x02 \x01(\r\x12\x32\n\x08rejected\x18\x03 \x03(\x0b\x32 .pocketrec.sync.v1.RejectedEvent\"1\n\rRejectedEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x0c\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x17\x44\x65leteUserEventsRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\"+\n\x18\x44\x65leteUserEventsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04*C\n\tModelFile\x12\x19\n\x15MODEL_FILE_USER_TOWER\x10\x00\x12\x1b\n\x17MODEL_FILE_SEARCH_TOWER\x10\x01\x32\xc5\x04\n\x0b\x43\x61talogSync\x12\\\n\x0bGetManifest\x12%.pocketrec.sync.v1.GetManifestRequest\x1a&.pocketrec.sync.v1.GetManifestResponse\x12P\n\tSyncItems\x12#.pocketrec.sync.v1.SyncItemsRequest\x1a\x1c.pocketrec.sync.v1.ItemChunk0\x01\x12Y\n\rDownloadModel\x12\'.pocketrec.sync.v1.DownloadModelRequest\x1a\x1d.pocketrec.sync.v1.ModelChunk0\x01\x12]\n\rWatchManifest\x12\'.pocketrec.sync.v1.WatchManifestRequest\x1a!.pocketrec.sync.v1.ManifestUpdate0\x01\x12_\n\x0cUploadEvents\x12&.pocketrec.sync.v1.UploadEventsRequest\x1a\'.pocketrec.sync.v1.UploadEventsResponse\x12k\n\x10\x44\x65leteUserEvents\x12*.pocketrec.sync.v1.DeleteUserEventsRequest\x1a+.pocketrec.sync.v1.DeleteUserEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pocketrec.sync.v1.sync_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODELFILE']._serialized_start=1783
+  _globals['_MODELFILE']._serialized_end=1850
   _globals['_GETMANIFESTREQUEST']._serialized_start=51
   _globals['_GETMANIFESTREQUEST']._serialized_end=151
   _globals['_GETMANIFESTRESPONSE']._serialized_start=154
@@ -44,25 +46,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEMBATCH']._serialized_start=778
   _globals['_ITEMBATCH']._serialized_end=883
   _globals['_DOWNLOADMODELREQUEST']._serialized_start=885
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=967
-  _globals['_MODELCHUNK']._serialized_start=969
-  _globals['_MODELCHUNK']._serialized_end=1037
-  _globals['_WATCHMANIFESTREQUEST']._serialized_start=1039
-  _globals['_WATCHMANIFESTREQUEST']._serialized_end=1141
-  _globals['_MANIFESTUPDATE']._serialized_start=1143
-  _globals['_MANIFESTUPDATE']._serialized_end=1248
-  _globals['_EVENT']._serialized_start=1250
-  _globals['_EVENT']._serialized_end=1375
-  _globals['_UPLOADEVENTSREQUEST']._serialized_start=1377
-  _globals['_UPLOADEVENTSREQUEST']._serialized_end=1456
-  _globals['_UPLOADEVENTSRESPONSE']._serialized_start=1458
-  _globals['_UPLOADEVENTSRESPONSE']._serialized_end=1584
-  _globals['_REJECTEDEVENT']._serialized_start=1586
-  _globals['_REJECTEDEVENT']._serialized_end=1635
-  _globals['_DELETEUSEREVENTSREQUEST']._serialized_start=1637
-  _globals['_DELETEUSEREVENTSREQUEST']._serialized_end=1692
-  _globals['_DELETEUSEREVENTSRESPONSE']._serialized_start=1694
-  _globals['_DELETEUSEREVENTSRESPONSE']._serialized_end=1737
-  _globals['_CATALOGSYNC']._serialized_start=1740
-  _globals['_CATALOGSYNC']._serialized_end=2321
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1011
+  _globals['_MODELCHUNK']._serialized_start=1013
+  _globals['_MODELCHUNK']._serialized_end=1081
+  _globals['_WATCHMANIFESTREQUEST']._serialized_start=1083
+  _globals['_WATCHMANIFESTREQUEST']._serialized_end=1185
+  _globals['_MANIFESTUPDATE']._serialized_start=1187
+  _globals['_MANIFESTUPDATE']._serialized_end=1292
+  _globals['_EVENT']._serialized_start=1294
+  _globals['_EVENT']._serialized_end=1419
+  _globals['_UPLOADEVENTSREQUEST']._serialized_start=1421
+  _globals['_UPLOADEVENTSREQUEST']._serialized_end=1500
+  _globals['_UPLOADEVENTSRESPONSE']._serialized_start=1502
+  _globals['_UPLOADEVENTSRESPONSE']._serialized_end=1628
+  _globals['_REJECTEDEVENT']._serialized_start=1630
+  _globals['_REJECTEDEVENT']._serialized_end=1679
+  _globals['_DELETEUSEREVENTSREQUEST']._serialized_start=1681
+  _globals['_DELETEUSEREVENTSREQUEST']._serialized_end=1736
+  _globals['_DELETEUSEREVENTSRESPONSE']._serialized_start=1738
+  _globals['_DELETEUSEREVENTSRESPONSE']._serialized_end=1781
+  _globals['_CATALOGSYNC']._serialized_start=1853
+  _globals['_CATALOGSYNC']._serialized_end=2434
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,18 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelFile(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_FILE_USER_TOWER: _ClassVar[ModelFile]
+    MODEL_FILE_SEARCH_TOWER: _ClassVar[ModelFile]
+MODEL_FILE_USER_TOWER: ModelFile
+MODEL_FILE_SEARCH_TOWER: ModelFile
 
 class GetManifestRequest(_message.Message):
     __slots__ = ("family", "running_model_version", "running_catalog_version")
@@ -87,14 +95,16 @@ class ItemBatch(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., metadata_json: _Optional[_Iterable[str]] = ..., values: _Optional[bytes] = ..., scales: _Optional[bytes] = ..., deleted_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DownloadModelRequest(_message.Message):
-    __slots__ = ("family", "model_sha256", "offset_bytes")
+    __slots__ = ("family", "model_sha256", "offset_bytes", "file")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     OFFSET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
     family: str
     model_sha256: bytes
     offset_bytes: int
-    def __init__(self, family: _Optional[str] = ..., model_sha256: _Optional[bytes] = ..., offset_bytes: _Optional[int] = ...) -> None: ...
+    file: ModelFile
+    def __init__(self, family: _Optional[str] = ..., model_sha256: _Optional[bytes] = ..., offset_bytes: _Optional[int] = ..., file: _Optional[_Union[ModelFile, str]] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("offset_bytes", "size_bytes", "data")

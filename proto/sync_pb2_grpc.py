@@ -92,7 +92,8 @@ class CatalogSyncServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DownloadModel(self, request, context):
-        """The user tower's bytes, from `offset_bytes` on, in chunks of at most 1 MiB.
+        """The bytes of a model version's user tower (or of its search tower, `file`), from
+        `offset_bytes` on, in chunks of at most 1 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

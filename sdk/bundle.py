@@ -231,9 +231,10 @@ class Bundle:
         The files are serialised as `save` writes them and each must match the manifest's
         sha256 (e.g. a catalog rebuilt from synced rows against the signed manifest); a
         text index the manifest lists is rebuilt from ``items``. A search tower the
-        manifest lists comes from ``search_tower``; without it (the sync ships the user
-        tower and the rows, not the search tower) the bundle is built without it, so
-        search falls back to the user vector.
+        manifest lists comes from ``search_tower`` (the sync downloads it with the user
+        tower when the signed model record names it); without it (a model version
+        published before the sync shipped search towers) the bundle is built without it,
+        so search falls back to the user vector.
 
         Raises:
             BundleError: if a digest, the manifest or (with ``verify``) the golden

@@ -31,6 +31,9 @@ from pocketrec.sdk.table import ItemTable, stored_columns, stored_dtype
 MODEL_KIND = "pocketrec.model"
 CATALOG_KIND = "pocketrec.catalog"
 FAMILY_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+# The model record's keys for its search tower, present only when the model has one.
+SEARCH_TOWER_SHA256 = "search_tower_sha256"
+SEARCH_TOWER_SIZE = "search_tower_size_bytes"
 # One encoder for every row's metadata: json.dumps would build one per call.
 _METADATA_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -170,9 +173,15 @@ class SignedRecord:
         return {"record": self.record.decode("utf-8"), "signature": self.signature.hex()}
 
 
-def model_document(family: str, model_version: int, model: bytes) -> dict[str, Any]:
-    """The model record of the proto's header for ``model`` as version ``model_version``."""
-    return {
+def model_document(
+    family: str, model_version: int, model: bytes, search_tower: bytes | None = None
+) -> dict[str, Any]:
+    """The model record of the proto's header for ``model`` as version ``model_version``.
+
+    A ``search_tower`` is part of the model: the record then names its sha256 and size too,
+    so a device trusts no search tower the publisher did not sign.
+    """
+    document: dict[str, Any] = {
         "kind": MODEL_KIND,
         "family": check_family(family),
         "model_version": int(model_version),
@@ -180,6 +189,10 @@ def model_document(family: str, model_version: int, model: bytes) -> dict[str, A
         "model_size_bytes": len(model),
         "published_at": _now(),
     }
+    if search_tower is not None:
+        document[SEARCH_TOWER_SHA256] = hashlib.sha256(search_tower).hexdigest()
+        document[SEARCH_TOWER_SIZE] = len(search_tower)
+    return document
 
 
 def catalog_document(
@@ -469,11 +482,15 @@ def read_items_jsonl(path: str | Path, *, vectors: bool = False) -> list[dict[st
     return items
 
 
-def bundle_of(record: Mapping[str, Any], model: bytes, rows: Rows) -> Bundle:
-    """The bundle a verified catalog record describes, rebuilt from the model and the rows.
+def bundle_of(
+    record: Mapping[str, Any], model: bytes, rows: Rows, search_tower: bytes | None = None
+) -> Bundle:
+    """The bundle a verified catalog record describes, rebuilt from the model, the rows and
+    the model's search tower (None: the model has none, or it was published without one).
 
     Every file's sha256 must match the record's manifest, and the golden self-check runs
-    on this CPU.
+    on this CPU (the search tower's too). Without ``search_tower`` a tower the manifest
+    lists is left out, and search falls back to the user vector.
 
     Raises:
         BundleError: if a digest or the self-check fails.
@@ -483,7 +500,9 @@ def bundle_of(record: Mapping[str, Any], model: bytes, rows: Rows) -> Bundle:
             f"catalog version {record['catalog_version']} has {record['item_count']} items; "
             f"the rows received make {len(rows)}"
         )
-    return Bundle.from_parts(record["manifest"], model, rows.table(), rows.items())
+    return Bundle.from_parts(
+        record["manifest"], model, rows.table(), rows.items(), search_tower=search_tower
+    )
 
 
 def _now() -> str:

@@ -1,7 +1,8 @@
 """The device side of the sync: bring a local bundle up to the server's signed versions.
 
 `SyncClient.sync` asks the server for the latest model and catalog versions, downloads
-what changed (a new model with its full table, or the rows of a newer catalog), rebuilds
+what changed (a new model, with its search tower when the signed model record names one,
+and its full table, or the rows of a newer catalog), rebuilds
 the bundle the signed catalog record describes, checks it (signatures, every sha256, the
 golden self-check), then makes it current with `Bundle.save`'s atomic swap and, when given
 one, swaps it into a running `Recommender`. Until that swap nothing the device uses
@@ -16,7 +17,8 @@ Device directory::
 
     DEVICE_DIR/bundle            the bundle in use (a link to its version, see Bundle.save)
     DEVICE_DIR/state.json        the highest versions accepted, and their signed records
-    DEVICE_DIR/downloads/        partial model downloads, resumed from their size
+    DEVICE_DIR/downloads/        partial model (and search tower) downloads, resumed from
+                                 their size
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from pocketrec.sdk.bundle import Bundle
 from pocketrec.sdk.catalog import (
     CATALOG_KIND,
     MODEL_KIND,
+    SEARCH_TOWER_SHA256,
+    SEARCH_TOWER_SIZE,
     Rows,
     SignatureError,
     SignedRecord,
@@ -54,12 +58,18 @@ from pocketrec.sdk.catalog import (
     load_public_key,
 )
 from pocketrec.sdk.recommender import Recommender
+from pocketrec.sdk.search import SEARCH_TOWER_FILE
 
 LOGGER = logging.getLogger("pocketrec.sync")
 BUNDLE_DIR = "bundle"
 STATE_FILE = "state.json"
 DOWNLOADS_DIR = "downloads"
 MAX_UPLOAD_BATCH = 1000
+# What the device calls each ModelFile in its messages.
+_FILE_NAMES = {
+    sync_pb2.MODEL_FILE_USER_TOWER: "model",
+    sync_pb2.MODEL_FILE_SEARCH_TOWER: "search tower",
+}
 # Failures worth another try: the server restarting, a broken connection, a busy server.
 _RETRIABLE = frozenset(
     {
@@ -93,6 +103,8 @@ class SyncResult:
         seconds: wall time.
         bundle: the bundle in use.
         events_uploaded: queued events the server acknowledged in this sync.
+        search_tower_bytes: search tower bytes downloaded (0 when the model has none or
+            it was already here).
     """
 
     model_version: int
@@ -107,6 +119,7 @@ class SyncResult:
     seconds: float
     bundle: Path
     events_uploaded: int = 0
+    search_tower_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -432,6 +445,7 @@ class SyncClient:
                 f"{catalog_doc['model_version']}, not to the model version "
                 f"{model_doc['model_version']} the server names"
             )
+        _check_search_tower(model_doc, catalog_doc)
         self._check_forward(held, model_doc["model_version"], catalog_doc["catalog_version"])
         if held is not None and (held.model_version, held.catalog_version) == (
             model_doc["model_version"],
@@ -444,7 +458,12 @@ class SyncClient:
             assert held is not None
             model, model_bytes = held.bundle.model, 0
         else:
-            model, model_bytes = self._download_model(model_doc)
+            model, model_bytes = self._download(
+                sync_pb2.MODEL_FILE_USER_TOWER,
+                model_doc["model_sha256"],
+                model_doc["model_size_bytes"],
+            )
+        search_tower, tower_bytes = self._search_tower(held, model_doc)
         since = held.catalog_version if same_model and held is not None else 0
         base = None
         if same_model and held is not None:
@@ -452,7 +471,8 @@ class SyncClient:
         stream = self._stream_items(model_doc["model_version"], since, catalog_doc, base)
         final_record, rows, snapshot, counts = stream
         final_doc = self._verified(final_record, CATALOG_KIND, catalog_doc["catalog_version"])
-        bundle = bundle_of(final_doc, model, rows)
+        _check_search_tower(model_doc, final_doc)
+        bundle = bundle_of(final_doc, model, rows, search_tower)
         path = self._install(bundle, model_record, final_record, final_doc)
         if recommender is not None:
             recommender.swap(bundle, verify=False)  # checked above on this CPU
@@ -478,12 +498,31 @@ class SyncClient:
             tuple(counts["resumed_from"]),
             started,
             path,
+            tower_bytes,
         )
 
-    def _download_model(self, model_doc: dict[str, Any]) -> tuple[bytes, int]:
-        """The model the record names, and the bytes fetched: a partial download resumes."""
-        digest = str(model_doc["model_sha256"])
-        size = int(model_doc["model_size_bytes"])
+    def _search_tower(
+        self, held: _Held | None, model_doc: dict[str, Any]
+    ) -> tuple[bytes | None, int]:
+        """The search tower the model record names (None when it names none), and the
+        bytes fetched: the installed bundle's when it has that one, else downloaded."""
+        if SEARCH_TOWER_SHA256 not in model_doc:
+            return None, 0
+        digest = str(model_doc[SEARCH_TOWER_SHA256])
+        installed = None if held is None else held.bundle.search_tower
+        if installed is not None and hashlib.sha256(installed).hexdigest() == digest:
+            return installed, 0
+        size = model_doc[SEARCH_TOWER_SIZE]
+        return self._download(sync_pb2.MODEL_FILE_SEARCH_TOWER, digest, size)
+
+    def _download(self, file: int, digest: str, size: int) -> tuple[bytes, int]:
+        """The ``file`` (a ``ModelFile``) of the digest and size the signed model record
+        names, and the bytes fetched: a partial download resumes.
+
+        Raises:
+            SignatureError: if the bytes received are not the ones the record names.
+        """
+        digest, size, what = str(digest), int(size), _FILE_NAMES[file]
         downloads = self._dir / DOWNLOADS_DIR
         downloads.mkdir(exist_ok=True)
         part = downloads / f"{digest}.part"
@@ -496,7 +535,10 @@ class SyncClient:
             if have == size:
                 break
             request = sync_pb2.DownloadModelRequest(
-                family=self._family, model_sha256=bytes.fromhex(digest), offset_bytes=have
+                family=self._family,
+                model_sha256=bytes.fromhex(digest),
+                offset_bytes=have,
+                file=file,
             )
             try:
                 with part.open("ab") as out:
@@ -505,7 +547,7 @@ class SyncClient:
                     ):
                         if chunk.offset_bytes != out.tell() or chunk.size_bytes != size:
                             raise SyncError(
-                                f"model chunk at offset {chunk.offset_bytes} of "
+                                f"{what} chunk at offset {chunk.offset_bytes} of "
                                 f"{chunk.size_bytes} bytes does not continue the "
                                 f"{out.tell()} of {size} held"
                             )
@@ -515,11 +557,13 @@ class SyncClient:
             except grpc.RpcError as exc:
                 tries = self._after_failure(exc, tries, "DownloadModel")
         data = part.read_bytes()
-        if hashlib.sha256(data).hexdigest() != digest:
+        received = hashlib.sha256(data).hexdigest()
+        if received != digest:
             part.unlink()
             raise SignatureError(
-                f"the downloaded model's sha256 is not the {digest} its signed record names; "
-                "it was discarded"
+                f"the downloaded {what}'s sha256 is {received}, not the {digest} the signed "
+                f"model record names: damaged or tampered with on the server; it was "
+                "discarded and the bundle in use kept. Publish the model again"
             )
         return data, fetched
 
@@ -774,6 +818,7 @@ class SyncClient:
         resumed_from: tuple[int, ...],
         started: float,
         path: Path | None = None,
+        search_tower_bytes: int = 0,
     ) -> SyncResult:
         return SyncResult(
             model_version=held.model_version,
@@ -787,6 +832,7 @@ class SyncClient:
             resumed_from=resumed_from,
             seconds=time.perf_counter() - started,
             bundle=path if path is not None else self.bundle_path,
+            search_tower_bytes=search_tower_bytes,
         )
 
 
@@ -821,6 +867,28 @@ class _Watchdog:
                     self._call.cancel()
                     return
                 self._lock.wait(None if left == float("inf") else left)
+
+
+def _check_search_tower(model_doc: dict[str, Any], catalog_doc: dict[str, Any]) -> None:
+    """Refuses a catalog whose manifest names another search tower than its model record.
+
+    A model record without one (a model published before the sync shipped search towers)
+    leaves the manifest's tower out of the bundle instead (see `bundle_of`).
+
+    Raises:
+        SignatureError: if both name a search tower and the digests differ, or the model
+            record names one the manifest lacks.
+    """
+    if SEARCH_TOWER_SHA256 not in model_doc:
+        return
+    signed = model_doc[SEARCH_TOWER_SHA256]
+    listed = catalog_doc["manifest"]["files"].get(SEARCH_TOWER_FILE)
+    if listed != signed:
+        raise SignatureError(
+            f"model version {model_doc['model_version']}'s record names search tower "
+            f"{signed}; catalog version {catalog_doc['catalog_version']}'s manifest names "
+            f"{listed}: they must agree. Publish the bundle again"
+        )
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

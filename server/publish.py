@@ -1,10 +1,11 @@
 """Publishing: a bundle or new item vectors become the next signed versions of a family.
 
-A bundle whose model (and table form) is new starts a new model version with its whole
-table; a bundle of the family's latest model becomes a new catalog version holding only
-the rows that changed. Before signing, the bundle is put in the sync's canonical form (rows
-in id order, golden outputs recorded for that order, ``extra["sync"]`` naming the
-versions), which is exactly what a device rebuilds from the model and the rows.
+A bundle whose model (its user tower and search tower, if any) or table form is new
+starts a new model version with its whole table; a bundle of the family's latest model
+becomes a new catalog version holding only the rows that changed. Before signing, the
+bundle is put in the sync's canonical form (rows in id order, golden outputs recorded for
+that order, ``extra["sync"]`` naming the versions), which is exactly what a device
+rebuilds from the model and the rows.
 
 A version may be published to a share of the family's devices first (``fraction``, see
 `pocketrec.server.rollout`). Versions only move forward and devices refuse older signed
@@ -13,6 +14,7 @@ versions, so `rollback` publishes an earlier version's content again as the next
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -89,10 +91,12 @@ def publish(
 ) -> PublishResult:
     """Publishes ``bundle`` as the family's next catalog version (and model version).
 
-    The same model as the latest, with the same table form (dtype, dimension, scale
-    dtype), makes a catalog version diffed against the latest one; anything else makes a
-    new model version with every row. Records are signed with ``key``, which must be the
-    key the family was published with so far (devices hold its public half).
+    The same model as the latest (the same user tower and search tower, or none), with
+    the same table form (dtype, dimension, scale dtype), makes a catalog version diffed
+    against the latest one; anything else makes a new model version with every row: the
+    search tower is part of the model, stored and signed with it. Records are signed with
+    ``key``, which must be the key the family was published with so far (devices hold its
+    public half).
     ``fraction`` (0 < fraction <= 1): the share of the family's devices served the new
     version at first; `pocketrec.server.rollout.set_rollout` widens it later.
 
@@ -105,6 +109,8 @@ def publish(
     checked_fraction(fraction)
     rows = Rows.of_bundle(bundle)
     form = TableForm.of(rows)
+    tower = bundle.search_tower
+    tower_sha256 = None if tower is None else hashlib.sha256(tower).hexdigest()
     latest = store.latest_catalog(family)
     same_model = False
     if latest is not None:
@@ -113,6 +119,7 @@ def publish(
         same_model = (
             latest_model is not None
             and latest_model.sha256 == bundle.model_sha256
+            and latest_model.search_tower_sha256 == tower_sha256
             and latest.form == form
         )
     if latest is not None and same_model:
@@ -156,7 +163,9 @@ def publish(
             model_version,
             bundle.model_sha256,
             len(bundle.model),
-            SignedRecord.sign(model_document(family, model_version, bundle.model), key),
+            SignedRecord.sign(model_document(family, model_version, bundle.model, tower), key),
+            tower_sha256,
+            0 if tower is None else len(tower),
         )
     catalog = CatalogVersion(
         family,
@@ -174,6 +183,7 @@ def publish(
             tuple(deleted),
             model,
             bundle.model if model is not None else b"",
+            tower if model is not None else None,
         )
     )
     return PublishResult(
@@ -232,8 +242,8 @@ def publish_items(
         )
     rows = base.applied(upserts, deleted)
     document = json.loads(latest.record.record)
-    model_bytes = store.read_model(family, model.model_version, 0, model.size_bytes)
-    current = bundle_of(document, model_bytes, base)
+    user_tower, search_tower = _model_files(store, model)
+    current = bundle_of(document, user_tower, base, search_tower)
     updated = current.with_items(rows.table(), rows.item_ids, rows.metadata)
     return publish(store, updated, family, key, fraction=fraction)
 
@@ -280,10 +290,20 @@ def rollback(
         )
     model = store.model(family, target.model_version)
     assert model is not None  # a catalog version always has its model version
-    model_bytes = store.read_model(family, model.model_version, 0, model.size_bytes)
     rows = store.rows(family, target.catalog_version)
-    earlier = bundle_of(json.loads(target.record.record), model_bytes, rows)
+    user_tower, search_tower = _model_files(store, model)
+    earlier = bundle_of(json.loads(target.record.record), user_tower, rows, search_tower)
     return publish(store, earlier, family, key)
+
+
+def _model_files(store: SyncStore, model: ModelVersion) -> tuple[bytes, bytes | None]:
+    """The model's user tower and its search tower (None when it has none)."""
+    family, version = model.family, model.model_version
+    user_tower = store.read_model(family, version, 0, model.size_bytes)
+    if model.search_tower_sha256 is None:
+        return user_tower, None
+    size = model.search_tower_size_bytes
+    return user_tower, store.read_model(family, version, 0, size, "search_tower")
 
 
 def _check_signer(latest: CatalogVersion, key: Ed25519PrivateKey) -> None:

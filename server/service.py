@@ -33,7 +33,7 @@ from pocketrec.proto import sync_pb2, sync_pb2_grpc
 from pocketrec.sdk.catalog import FAMILY_PATTERN, Rows, encode_batch
 from pocketrec.server.events import MAX_EVENTS_PER_UPLOAD, MAX_ID_CHARS, event_problem
 from pocketrec.server.rollout import device_bucket, served_catalog
-from pocketrec.server.store import CatalogVersion, Device, Event, SyncStore
+from pocketrec.server.store import CatalogVersion, Device, Event, ModelPart, SyncStore
 from pocketrec.server.tokens import authenticate
 
 SERVICE_NAME = sync_pb2.DESCRIPTOR.services_by_name["CatalogSync"].full_name
@@ -48,6 +48,11 @@ STREAM_CACHE_BYTES = 64 << 20
 HEARTBEAT_MS = 5000
 WATCH_POLL_S = 0.1
 SEEN_EVERY_S = 60.0
+# DownloadModelRequest.file: the model part each ModelFile names.
+_MODEL_PARTS: dict[int, ModelPart] = {
+    sync_pb2.MODEL_FILE_USER_TOWER: "user_tower",
+    sync_pb2.MODEL_FILE_SEARCH_TOWER: "search_tower",
+}
 # The largest version a store's signed 64-bit integers hold.
 _MAX_VERSION = 2**63 - 1
 
@@ -145,22 +150,33 @@ class CatalogSyncServicer(sync_pb2_grpc.CatalogSyncServicer):
                 f"model_sha256 must be the 32 raw bytes of a SHA-256 digest, got {len(digest)} "
                 "bytes; take it from the model record (hex-decoded)",
             )
-        model = self._store.model_by_sha256(family, digest.hex())
+        part = _MODEL_PARTS.get(request.file)
+        if part is None:
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"file {request.file} is not a ModelFile this server knows "
+                f"({', '.join(sync_pb2.ModelFile.keys())}); upgrade the server or ask for "
+                "the user tower",
+            )
+        name = part.replace("_", " ")
+        model = self._store.model_by_sha256(family, digest.hex(), part)
         if model is None:
             raise _Refused(
                 grpc.StatusCode.NOT_FOUND,
-                f"family {family!r} has no model with sha256 {digest.hex()}; ask GetManifest "
-                "for the current one",
+                f"family {family!r} has no {name} with sha256 {digest.hex()}; ask GetManifest "
+                "for the current model record",
             )
-        size, position = model.size_bytes, request.offset_bytes
+        size, position = model.size_of(part), request.offset_bytes
         if position > size:
             raise _Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"offset_bytes {position} is beyond the model's {size} bytes; resume from the "
+                f"offset_bytes {position} is beyond the {name}'s {size} bytes; resume from the "
                 "number of bytes already held",
             )
         while True:
-            data = self._store.read_model(family, model.model_version, position, self._chunk_bytes)
+            data = self._store.read_model(
+                family, model.model_version, position, self._chunk_bytes, part
+            )
             yield sync_pb2.ModelChunk(offset_bytes=position, size_bytes=size, data=data)
             position += len(data)
             if position >= size or not context.is_active():

@@ -18,13 +18,14 @@ until deleted: nothing else about a device or its users is stored).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -33,8 +34,16 @@ from pocketrec.sdk.catalog import Rows, SignedRecord
 from pocketrec.server.rollout import device_bucket
 
 # 1: versions, rows and tokens (sync part 1a). 2: rollout fractions, pins, what devices
-# run, events; a schema 1 file gains them when opened.
-SCHEMA_VERSION = 2
+# run, events. 3: a model version's search tower. An older file gains what it lacks when
+# opened.
+SCHEMA_VERSION = 3
+# The files of a model version (sync.proto's ModelFile).
+ModelPart = Literal["user_tower", "search_tower"]
+# Per part, the models columns of its digest and of its bytes.
+_PART_COLUMNS: dict[str, tuple[str, str]] = {
+    "user_tower": ("sha256", "model"),
+    "search_tower": ("search_tower_sha256", "search_tower"),
+}
 
 
 class StoreError(PocketrecError):
@@ -61,13 +70,25 @@ class TableForm:
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """A published user tower: its version, digest, size and signed model record."""
+    """A published model: its version, the user tower's digest and size, the signed model
+    record, and the search tower's digest and size when the model has one."""
 
     family: str
     model_version: int
     sha256: str
     size_bytes: int
     record: SignedRecord
+    search_tower_sha256: str | None = None
+    search_tower_size_bytes: int = 0
+
+    def size_of(self, part: ModelPart) -> int:
+        """The bytes of ``part`` (0 for a search tower the model lacks).
+
+        Raises:
+            ValueError: for a part that is not a `ModelPart`.
+        """
+        _part_columns(part)
+        return self.search_tower_size_bytes if part == "search_tower" else self.size_bytes
 
 
 @dataclass(frozen=True)
@@ -93,7 +114,8 @@ class Publication:
         upserts: its new or changed rows (all rows when it starts a new model version).
         deleted: ids of the previous catalog version that it no longer holds.
         model: the new model version it belongs to, or None for the latest model.
-        model_bytes: that model's ``.tflite`` bytes (with ``model`` only).
+        model_bytes: that model's user tower ``.tflite`` bytes (with ``model`` only).
+        search_tower: that model's search tower ``.tflite`` bytes, when it has one.
     """
 
     catalog: CatalogVersion
@@ -101,6 +123,7 @@ class Publication:
     deleted: tuple[str, ...] = ()
     model: ModelVersion | None = None
     model_bytes: bytes = b""
+    search_tower: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -173,11 +196,21 @@ class SyncStore(Protocol):
 
     def model(self, family: str, model_version: int) -> ModelVersion | None: ...
 
-    def model_by_sha256(self, family: str, sha256: str) -> ModelVersion | None:
-        """The latest model version of the family whose bytes have this hex digest."""
+    def model_by_sha256(
+        self, family: str, sha256: str, part: ModelPart = "user_tower"
+    ) -> ModelVersion | None:
+        """The latest model version of the family whose ``part`` has this hex digest."""
 
-    def read_model(self, family: str, model_version: int, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes of the model from ``offset`` on."""
+    def read_model(
+        self,
+        family: str,
+        model_version: int,
+        offset: int,
+        size: int,
+        part: ModelPart = "user_tower",
+    ) -> bytes:
+        """Up to ``size`` bytes of the model's ``part`` from ``offset`` on (b"" for a
+        search tower the model lacks)."""
 
     def rows(self, family: str, catalog_version: int) -> Rows:
         """Every row of a catalog version, in the sync's id order."""
@@ -360,7 +393,10 @@ _EVENT_COLUMNS = (
     "family, device, received_at, event_id, user, item_id, timestamp_s, model_version, "
     "catalog_version"
 )
-_MODEL_COLUMNS = "family, model_version, sha256, size_bytes, record, signature"
+_MODEL_COLUMNS = (
+    "family, model_version, sha256, size_bytes, record, signature, search_tower_sha256, "
+    "search_tower_size_bytes"
+)
 # A row version is live in catalog version :c when it was added by :c and not removed by it.
 _LIVE_AT = "added_in <= :{0} AND (removed_in IS NULL OR removed_in > :{0})"
 
@@ -395,6 +431,7 @@ class SQLiteStore:
                     if statement.strip():
                         db.execute(statement)
                 _migrate_to_2(db)
+                _migrate_to_3(db)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -499,11 +536,14 @@ class SQLiteStore:
         )
         return None if row is None else _model(row)
 
-    def model_by_sha256(self, family: str, sha256: str) -> ModelVersion | None:
+    def model_by_sha256(
+        self, family: str, sha256: str, part: ModelPart = "user_tower"
+    ) -> ModelVersion | None:
+        digest_column = _part_columns(part)[0]
         row = (
             self._connection()
             .execute(
-                f"SELECT {_MODEL_COLUMNS} FROM models WHERE family = ? AND sha256 = ? "
+                f"SELECT {_MODEL_COLUMNS} FROM models WHERE family = ? AND {digest_column} = ? "
                 "ORDER BY model_version DESC LIMIT 1",
                 (family, sha256),
             )
@@ -511,14 +551,23 @@ class SQLiteStore:
         )
         return None if row is None else _model(row)
 
-    def read_model(self, family: str, model_version: int, offset: int, size: int) -> bytes:
+    def read_model(
+        self,
+        family: str,
+        model_version: int,
+        offset: int,
+        size: int,
+        part: ModelPart = "user_tower",
+    ) -> bytes:
         if offset < 0 or size < 0:
             raise ValueError(f"offset and size must be >= 0, got {offset} and {size}")
+        bytes_column = _part_columns(part)[1]
         row = (
             self._connection()
             .execute(
                 # substr counts from 1 on blobs.
-                "SELECT substr(model, ?, ?) FROM models WHERE family = ? AND model_version = ?",
+                f"SELECT substr({bytes_column}, ?, ?) FROM models "
+                "WHERE family = ? AND model_version = ?",
                 (offset + 1, size, family, model_version),
             )
             .fetchone()
@@ -602,8 +651,20 @@ class SQLiteStore:
                 )
             if publication.model is not None:
                 model = publication.model
+                tower = publication.search_tower
+                tower_sha256 = None if tower is None else hashlib.sha256(tower).hexdigest()
+                if (tower_sha256, len(tower or b"")) != (
+                    model.search_tower_sha256,
+                    model.search_tower_size_bytes,
+                ):
+                    raise ValueError(
+                        f"model version {model.model_version} names search tower "
+                        f"{model.search_tower_sha256} of {model.search_tower_size_bytes} bytes; "
+                        f"the publication holds {tower_sha256} of {len(tower or b'')} bytes"
+                    )
                 db.execute(
-                    f"INSERT INTO models ({_MODEL_COLUMNS}, model) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO models ({_MODEL_COLUMNS}, model, search_tower) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         family,
                         model.model_version,
@@ -611,7 +672,10 @@ class SQLiteStore:
                         model.size_bytes,
                         model.record.record,
                         model.record.signature,
+                        model.search_tower_sha256,
+                        model.search_tower_size_bytes,
                         publication.model_bytes,
+                        tower,
                     ),
                 )
             form = catalog.form
@@ -858,6 +922,33 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _migrate_to_3(db: sqlite3.Connection) -> None:
+    """Adds what schema 3 has to an older (or new) store: models gain their search tower,
+    none for the model versions already there."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(models)")}
+    for column, kind in (
+        ("search_tower_sha256", "TEXT"),
+        ("search_tower_size_bytes", "INTEGER NOT NULL DEFAULT 0"),
+        ("search_tower", "BLOB"),
+    ):
+        if column not in columns:
+            db.execute(f"ALTER TABLE models ADD COLUMN {column} {kind}")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS models_by_search_tower ON models (family, search_tower_sha256)"
+    )
+
+
+def _part_columns(part: str) -> tuple[str, str]:
+    """The models columns of ``part``'s digest and bytes.
+
+    Raises:
+        ValueError: for a part that is not a `ModelPart`.
+    """
+    if part not in _PART_COLUMNS:
+        raise ValueError(f"a model part is one of {sorted(_PART_COLUMNS)}, got {part!r}")
+    return _PART_COLUMNS[part]
+
+
 def checked_fraction(fraction: float) -> float:
     """``fraction`` as a float when it is a rollout fraction, in (0, 1].
 
@@ -892,9 +983,9 @@ def _catalog(row: Sequence[Any]) -> CatalogVersion:
 
 
 def _model(row: Sequence[Any]) -> ModelVersion:
-    family, version, sha256, size, record, signature = row
+    family, version, sha256, size, record, signature, tower_sha256, tower_size = row
     signed = SignedRecord(bytes(record), bytes(signature))
-    return ModelVersion(family, version, sha256, size, signed)
+    return ModelVersion(family, version, sha256, size, signed, tower_sha256, tower_size)
 
 
 def _little_endian(dtype: np.dtype) -> np.dtype:

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _sdk_fixtures import NUM_ITEMS, item_ids, item_vectors, items_metadata, write_tiny_bundle
+from _sdk_fixtures import (
+    DIM,
+    NUM_ITEMS,
+    item_ids,
+    item_vectors,
+    items_metadata,
+    write_tiny_bundle,
+)
 
 from pocketrec.sdk import Bundle, ItemTable
+from pocketrec.sdk._text import QueryEncoding
 from pocketrec.sdk.catalog import Rows, generate_key, public_key_hex
+from pocketrec.sdk.search import QUERY_INPUT, SEARCH_OUTPUT, SEARCH_SIGNATURE, USER_INPUT
 from pocketrec.sdk.sync import SyncClient
 from pocketrec.server.publish import publish
 from pocketrec.server.service import serve
@@ -102,6 +113,45 @@ def other_model() -> bytes:
     from _sdk_fixtures import fixed_batch_tower
 
     return fixed_batch_tower()[0]
+
+
+SEARCH_ENCODING = QueryEncoding(buckets=64, max_tokens=8)
+
+
+@functools.cache
+def search_tower(seed: int = 0) -> bytes:
+    """A tiny untrained search tower: the sum of the query tokens' embeddings plus the user
+    vector through a fixed matrix, so the query moves the vector far from the user's."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    embeddings = rng.standard_normal((SEARCH_ENCODING.buckets, DIM)).astype(np.float32)
+    embeddings[0] = 0.0  # id 0 pads
+    mix = (0.1 * rng.standard_normal((DIM, DIM))).astype(np.float32)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, SEARCH_ENCODING.max_tokens], tf.int32, name=QUERY_INPUT),
+            tf.TensorSpec([None, DIM], tf.float32, name=USER_INPUT),
+        ]
+    )
+    def search_vector(query: tf.Tensor, user_vector: tf.Tensor) -> dict[str, tf.Tensor]:
+        words = tf.reduce_sum(tf.gather(tf.constant(embeddings), query), axis=1)
+        return {SEARCH_OUTPUT: words + tf.matmul(user_vector, tf.constant(mix))}
+
+    module = tf.Module()
+    with tempfile.TemporaryDirectory() as saved:
+        tf.saved_model.save(module, saved, signatures={SEARCH_SIGNATURE: search_vector})
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            saved, signature_keys=[SEARCH_SIGNATURE]
+        )
+        return bytes(converter.convert())
+
+
+def with_search_tower(bundle: Path | Bundle, seed: int = 0) -> Bundle:
+    """``bundle`` with the tiny search tower of ``seed``."""
+    source = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    return source.with_search_tower(search_tower(seed), SEARCH_ENCODING)
 
 
 def free_port() -> int:
