@@ -24,7 +24,7 @@ from _sync_fixtures import (
 
 from pocketrec.proto import sync_pb2, sync_pb2_grpc
 from pocketrec.sdk import Bundle, Recommender
-from pocketrec.sdk.catalog import SEARCH_TOWER_SHA256, SEARCH_TOWER_SIZE, generate_key
+from pocketrec.sdk.catalog import SEARCH_TOWER_SHA256, SEARCH_TOWER_SIZE, SignedRecord, generate_key
 from pocketrec.sdk.search import SearchSettings
 from pocketrec.sdk.sync import DOWNLOADS_DIR, STATE_FILE, SyncError
 from pocketrec.server import SQLiteStore, publish, publish_items, rollback
@@ -147,6 +147,22 @@ def test_a_tampered_search_tower_is_refused_and_the_old_bundle_keeps_serving(
         result = client.sync(recommender)
         assert (result.model_version, result.model_bytes) == (2, 0)  # user tower reused
         assert Bundle.open(client.bundle_path).search_tower == tower
+
+
+def test_a_model_record_naming_another_tower_than_the_manifest_is_refused(world, tmp_path) -> None:
+    world.publish(towered(tmp_path))
+    document = model_document(world, 1)
+    document[SEARCH_TOWER_SHA256] = hashlib.sha256(b"another tower").hexdigest()
+    forged = SignedRecord.sign(document, world.key)  # signed, but disagreeing
+    with sqlite3.connect(world.store.path) as db:
+        db.execute(
+            "UPDATE models SET record = ?, signature = ? WHERE model_version = 1",
+            (forged.record, forged.signature),
+        )
+    with world.client() as client:
+        with pytest.raises(SyncError, match=r"search tower .* must agree"):
+            client.sync()
+        assert client.versions() is None
 
 
 def test_a_bundle_without_a_search_tower_still_syncs_and_its_record_names_none(
