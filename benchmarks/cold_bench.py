@@ -90,7 +90,7 @@ def new_users(trained: Any, split: Split) -> dict[str, dict[str, float]]:
     evaluated = split.test >= 0
     targets = split.test[evaluated]
     rankings = {
-        "model, empty history": trained.user_vectors([np.zeros(0, np.int32)])[0] @ vectors.T,
+        "model, empty history": _empty_history_vector(trained) @ vectors.T,
         "cold-start vector": vectors @ cold_start_vector(vectors, split.histories("test")),
         "popularity": split.item_popularity().astype(np.float32),
     }
@@ -99,6 +99,14 @@ def new_users(trained: Any, split: Split) -> dict[str, dict[str, float]]:
         name: ranking_metrics(target_ranks(np.tile(scores, (len(targets), 1)), targets, nothing))
         for name, scores in rankings.items()
     }
+
+
+def _empty_history_vector(trained: Any) -> np.ndarray:
+    """The user tower's own output for an all-zero mask (what bundles had before)."""
+    length, dim = trained.config.history_length, trained.config.embedding_dim
+    history = np.zeros((1, length, dim), np.float32)
+    mask = np.zeros((1, length), np.float32)
+    return np.asarray(trained.user_tower({"history": history, "mask": mask}))[0]
 
 
 def new_items(

@@ -152,7 +152,10 @@ class TrainedModel:
     def user_vectors(
         self, histories: Sequence[np.ndarray], table: ItemTable | None = None
     ) -> np.ndarray:
-        """float32 ``[B, D]``: the user tower's vector for each history of item rows."""
+        """float32 ``[B, D]``: the user tower's vector for each history of item rows.
+
+        An empty history gets `cold_start_vector` where the model has one, as on device.
+        """
         table = table if table is not None else self.item_table()
         out = np.empty((len(histories), table.dim), dtype=np.float32)
         for start in range(0, len(histories), _SCORE_BATCH):
@@ -160,6 +163,10 @@ class TrainedModel:
             history, mask = encode_histories(table, chunk, self.config.history_length)
             users = self.user_tower({"history": history, "mask": mask}, training=False)
             out[start : start + len(chunk)] = np.asarray(users)
+        if self.cold_start_vector is not None:
+            for row, items in enumerate(histories):
+                if len(items) == 0:
+                    out[row] = self.cold_start_vector
         return out
 
     def save(self, directory: str | Path) -> Path:
