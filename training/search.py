@@ -346,12 +346,14 @@ def _training_prefixes(
             continue
         queries = logs[user] if logs is not None else [None] * len(sequence)
         ends = np.arange(1, len(sequence))
-        if len(ends) > per_user:
-            has_query = np.asarray([_usable(queries[end]) for end in ends.tolist()])
+        has_query = np.asarray([_usable(queries[end]) for end in ends.tolist()])
+        if len(ends) > per_user and has_query.any():
             # Random order, those with a query first.
             shuffled = rng.permutation(ends)
             ranked = shuffled[np.argsort(~has_query[shuffled - 1], kind="stable")]
             ends = np.sort(ranked[:per_user])
+        elif len(ends) > per_user:
+            ends = np.sort(rng.choice(ends, per_user, replace=False))
         for end in ends.tolist():
             prefixes.append(sequence[:end])
             targets.append(int(sequence[end]))
