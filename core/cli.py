@@ -810,12 +810,14 @@ def _register_bench_search(subparsers: argparse._SubParsersAction) -> None:
             "title words, a title word with one typo), ranks the bundle's text matches by "
             "BM25 alone, BM25 + popularity and BM25 + the user vector, tunes each one's "
             "alpha and BM25 b on validation, and prints test NDCG@10/HR@10 per query kind, "
-            "search and recommend p50, and the issue's targets."
+            "search and recommend p50, and the issue's targets. A search log read with "
+            "--query-col adds the queries users really typed (kind 'logged')."
         ),
     )
     parser.add_argument("bundle", metavar="BUNDLE", help="a bundle trained on --data")
-    parser.add_argument("--data", required=True, help="the MovieLens folder or delimited file")
-    parser.add_argument("--seed", type=int, default=0, help="picks query words and typos")
+    # --data with --query-col adds the log's own queries (kind "logged"); --seed picks
+    # query words and typos.
+    add_data_arguments(parser, required=True, synthetic=False)
     parser.add_argument("--out", metavar="DIR", help="also write search.json here")
     parser.add_argument(
         "--save",
@@ -828,8 +830,14 @@ def _bench_search(args: argparse.Namespace) -> int:
     out = writable_dir(args.out) if args.out else None
     from pocketrec.benchmarks.search_bench import SearchBenchConfig
     from pocketrec.benchmarks.search_bench import main as bench_main
+    from pocketrec.data._options import delimited_options
 
-    config = SearchBenchConfig(bundle=Path(args.bundle), data=args.data, seed=args.seed)
+    config = SearchBenchConfig(
+        bundle=Path(args.bundle),
+        data=args.data,
+        load_options=delimited_options(args),
+        seed=args.seed,
+    )
     return bench_main(config, out, save=args.save)
 
 
@@ -842,7 +850,8 @@ def _register_train_search(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Trains the search tower (pocketrec.training.search: a query encoder over the "
             "device tokenizer's hashed words and n-grams, combined with the user vector) on "
-            "pseudo-queries made from each training target's genres and title, against the "
+            "pseudo-queries made from each training target's genres and title (or the real "
+            "query of each event of a search log read with --query-col), against the "
             "run's frozen item table and user tower, and writes it into BUNDLE as "
             "search_tower.tflite with its golden outputs (or into --out). Then `pocketrec "
             "bench-search BUNDLE --save` tunes and saves the mix."

@@ -67,6 +67,66 @@ def test_delimited_header_is_detected_and_columns_resolve_by_name(tmp_path):
     assert log.timestamps[0] > log.timestamps[1]
 
 
+QUERY_LOG = (
+    "user,query,item,time\n"
+    "u1,star wars,i9,3\n"
+    "u1,,i3,1\n"  # an event without a query
+    'u1,"heat, the",i4,2\n'
+    "u2,comedy,i3,5\n"
+    "u2,love,i9,4\n"
+    "u2,star,i9,6\n"  # a repeat of (u2, i9): the split keeps the first event and its query
+    "u2,paris,i5,7\n"
+    "u1,drama,i6\n"  # no time: malformed, skipped
+)
+
+
+def test_a_query_column_by_name_reads_each_events_query_or_none(tmp_path):
+    path = write(tmp_path / "log.csv", QUERY_LOG)
+    log = load_delimited(
+        path, user_col="user", item_col="item", time_col="time", query_col="query", string_ids=True
+    )
+    assert log.queries is not None and log.queries.tolist()[:3] == ["star wars", None, "heat, the"]
+    assert len(log.queries) == len(log) == 7
+    assert "6 with a search query" in log.summary()
+    # Without the option nothing changes.
+    assert load_delimited(path, user_col="user", item_col="item", string_ids=True).queries is None
+
+
+def test_a_missing_trailing_query_field_is_an_event_without_a_query(tmp_path):
+    path = write(tmp_path / "log.tsv", "1\t10\tspace\n1\t11\n2\t10\t\n")
+    log = load_delimited(path, query_col=2)
+    assert log.queries.tolist() == ["space", None, None] and not log.skipped
+
+
+def test_the_split_keeps_each_kept_events_query_in_time_order(tmp_path):
+    from pocketrec.evaluation import leave_last_out
+
+    log = load(
+        write(tmp_path / "log.csv", QUERY_LOG),
+        user_col=0, item_col=2, time_col=3, query_col=1, header=True, string_ids=True,
+    )  # fmt: skip
+    split = leave_last_out(log)
+    assert split.users.tolist() == ["u1", "u2"]
+    queries = split.queries
+    # u1 in time order: i3 (no query), i4, i9; u2: i9 (love; the later repeat dropped), i3, i5.
+    assert queries.train == [[None], ["love"]]
+    assert queries.valid == ["heat, the", "comedy"]
+    assert queries.targets("test") == ["star wars", "paris"]
+    # A target outside the universe keeps its query (the benchmark skips it by the target).
+    assert split.item_ids[split.test[0]] == "i9" and split.test[1] == -1
+    assert leave_last_out(load(tmp_path / "log.csv", string_ids=True, header=True)).queries is None
+
+
+def test_queries_of_another_length_or_type_are_refused():
+    from pocketrec.data import Interactions
+
+    columns = {"users": np.array([1, 2]), "items": np.array([3, 4]), "timestamps": np.zeros(2)}
+    with pytest.raises(ValueError, match="1 queries"):
+        Interactions(**columns, queries=np.array(["a"], dtype=object))
+    with pytest.raises(TypeError, match="str or None per event, got int 7"):
+        Interactions(**columns, queries=np.array(["a", 7], dtype=object))
+
+
 def test_malformed_lines_are_skipped_and_counted(tmp_path):
     path = write(tmp_path / "log.csv", "1,2,5\n1\n2,3,6\n")
     log = load_delimited(path, time_col=2)
@@ -86,6 +146,7 @@ def test_malformed_lines_are_skipped_and_counted(tmp_path):
         ("user,item\n1,2\n", {"item_col": "movie"}, "no column named 'movie'"),
         ("1,2,yesterday\n", {"time_col": 2}, "neither a number nor an ISO date"),
         ("1,2,heavy\n", {"weight_col": 2}, "weight 'heavy' is not a number"),
+        ("user,item\n1,2\n", {"query_col": "search"}, "no column named 'search' for the query"),
     ],
 )
 def test_bad_delimited_input_gets_a_clear_error(tmp_path, text, options, message):

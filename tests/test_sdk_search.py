@@ -252,6 +252,53 @@ def test_cli_recommend_says_why(tmp_path, capsys):
 # -- faithfulness on a trained model ---------------------------------------------------------------
 
 
+# -- benchmark --------------------------------------------------------------------------------
+
+
+def test_bench_search_scores_the_queries_a_search_log_holds(tmp_path):
+    """A (user, query, item, time) log read through the query column adds the "logged"
+    kind: the queries users typed, each ranked against its own held-out item."""
+    from pocketrec.benchmarks.search_bench import (
+        SearchBenchConfig,
+        results_markdown,
+        run_search_benchmark,
+    )
+
+    ids = sorted(item_ids())  # the split orders its items by id
+    titles = {item: meta["title"] for item, meta in zip(item_ids(), catalog_items(), strict=True)}
+    bundle = Bundle.build(
+        model=user_tower().tflite,
+        table=ItemTable.quantize(item_vectors(), "float32"),
+        item_ids=ids,
+        history_length=HISTORY_LENGTH,
+        items_metadata=[{**catalog_items()[item_ids().index(i)]} for i in ids],
+    )
+    bundle.save(tmp_path / "bundle")
+    # 30 users, 6 events each: every item is in some train part; every other event
+    # came from a search for the item's title.
+    lines = ["user\tsearched\titem\twhen"]
+    for user in range(30):
+        for step in range(6):
+            item = f"m{(user + 7 * step) % 40}"
+            query = titles[item] if step % 2 else ""
+            lines.append(f"u{user}\t{query}\t{item}\t{step}")
+    log = tmp_path / "log.tsv"
+    log.write_text("\n".join(lines) + "\n")
+    options = {"user_col": "user", "item_col": "item", "time_col": "when", "string_ids": True}
+    config = SearchBenchConfig(
+        tmp_path / "bundle", str(log), {**options, "query_col": "searched"}, latency_calls=4
+    )
+    results = run_search_benchmark(config)
+    assert results["kinds"] == ["genre", "title", "typo", "logged"]
+    assert results["tuning_kinds"] == ["genre", "title", "typo"]  # validation events: no query
+    logged = results["test"]["bm25"]["logged"]
+    # The test event is each user's sixth (odd step): all 30 have a logged query.
+    assert logged["queries"] == 30 and logged["hr@10"] >= 0.9
+    assert "| logged | bm25 |" in results_markdown(results)
+    without = run_search_benchmark(SearchBenchConfig(tmp_path / "bundle", str(log), options, 0, 4))
+    assert "logged" not in without["kinds"] and "logged" not in without["test"]["bm25"]
+
+
 @pytest.fixture(scope="module")
 def trained_ml100k(ml100k, tmp_path_factory) -> tuple[Path, object]:
     """A bundle of the attention model trained on MovieLens 100K (10 epochs), and its split."""

@@ -19,7 +19,11 @@ user vector. The loss is a full softmax over the frozen item table plus a softma
 query's lexical matches alone (those search re-ranks). A share of examples
 replaces the user vector with the cold-start one (or zeros), so the tower also serves users
 with no history. The prefix's own items leave the softmax, as they leave search results.
-Real (user, query, item, time) logs are not read yet.
+
+A real search log (a loader `query_col`, `pocketrec.evaluation.Split.queries`) replaces
+the pseudo-query of every training event that has a logged query: the tower learns what
+users really type, and events without one still get pseudo-queries, so a log where few
+events came from search still trains.
 """
 
 from __future__ import annotations
@@ -263,8 +267,12 @@ def train_search_tower(
     tf_keras.utils.set_random_seed(config.seed)
     table = trained.item_table()
     items = tf.constant(table.dequantized())
-    prefixes, targets = _training_prefixes(split, config.examples_per_user, rng)
-    _log.LOGGER.info("search tower: user vectors of %d training prefixes", len(prefixes))
+    prefixes, targets, logged = _training_prefixes(split, config.examples_per_user, rng)
+    _log.LOGGER.info(
+        "search tower: user vectors of %d training prefixes (%d with a logged query)",
+        len(prefixes),
+        sum(q is not None for q in logged),
+    )
     users = trained.user_vectors(prefixes, table)
     cold = (
         np.zeros(table.dim, np.float32)
@@ -299,7 +307,10 @@ def train_search_tower(
 
     losses = []
     for epoch in range(config.epochs):
-        queries = [pseudo_query(trained.titles[t], genres[t], rng) or "" for t in targets]
+        queries = [
+            query if query is not None else pseudo_query(trained.titles[t], genres[t], rng) or ""
+            for t, query in zip(targets.tolist(), logged, strict=True)
+        ]
         tokens = query_tokens(queries, config.encoding)
         matches = [searcher.lexical(words(q))[0] for q in queries]
         epoch_users = users.copy()
@@ -325,19 +336,35 @@ def train_search_tower(
 
 def _training_prefixes(
     split: Split, per_user: int, rng: np.random.Generator
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Up to ``per_user`` (prefix, next item) pairs of each training sequence."""
-    prefixes, targets = [], []
-    for sequence in split.train:
+) -> tuple[list[np.ndarray], np.ndarray, list[str | None]]:
+    """Up to ``per_user`` (prefix, next item, its logged query or None) of each training
+    sequence; events with a logged query are drawn first (they are the scarcer signal)."""
+    prefixes, targets, logged = [], [], []
+    logs = split.queries.train if split.queries is not None else None
+    for user, sequence in enumerate(split.train):
         if len(sequence) < 2:
             continue
+        queries = logs[user] if logs is not None else [None] * len(sequence)
         ends = np.arange(1, len(sequence))
-        if len(ends) > per_user:
+        has_query = np.asarray([_usable(queries[end]) for end in ends.tolist()])
+        if len(ends) > per_user and has_query.any():
+            # Random order, those with a query first.
+            shuffled = rng.permutation(ends)
+            ranked = shuffled[np.argsort(~has_query[shuffled - 1], kind="stable")]
+            ends = np.sort(ranked[:per_user])
+        elif len(ends) > per_user:
             ends = np.sort(rng.choice(ends, per_user, replace=False))
         for end in ends.tolist():
             prefixes.append(sequence[:end])
             targets.append(int(sequence[end]))
-    return prefixes, np.asarray(targets, np.int32)
+            query = queries[end]
+            logged.append(query if _usable(query) else None)
+    return prefixes, np.asarray(targets, np.int32), logged
+
+
+def _usable(query: str | None) -> bool:
+    """Whether a logged query has a word the tokenizer keeps."""
+    return query is not None and bool(words(query))
 
 
 def add_search_tower(

@@ -40,6 +40,7 @@ def load_delimited(
     item_col: Column = 1,
     time_col: Column | None = None,
     weight_col: Column | None = None,
+    query_col: Column | None = None,
     delimiter: str | None = None,
     header: bool | None = None,
     string_ids: bool = False,
@@ -55,6 +56,11 @@ def load_delimited(
         path: the file.
         user_col, item_col, time_col, weight_col: a column, by 0-based index or by header
             name. Without `time_col` the file order is the time order.
+        query_col: optional column of the search query that led to the event (a search
+            log of (user, query, item, time)); an empty or missing field is an event
+            without a query. A query of several words needs a real delimiter (tab, comma,
+            ...): whitespace would split it.
+            The queries land in `Interactions.queries`, and the search tower trains on them.
         delimiter: the field separator; detected from the first line when None (tab, `::`,
             comma, semicolon, `|`, else whitespace).
         header: whether the first line names the columns. When None, it does if any
@@ -99,6 +105,7 @@ def load_delimited(
             item_col=item_col,
             time_col=time_col,
             weight_col=weight_col,
+            query_col=query_col,
             string_ids=string_ids,
         )
     names = first_fields if header else []
@@ -125,13 +132,16 @@ def load_delimited(
     item_i = resolve(item_col, "item")
     time_i = resolve(time_col, "timestamp")
     weight_i = resolve(weight_col, "weight")
+    query_i = resolve(query_col, "query")
     assert user_i is not None and item_i is not None
+    # A line may end before an optional query field: that event had no query.
     needed = max(i for i in (user_i, item_i, time_i, weight_i) if i is not None) + 1
 
     users: list[object] = []
     items: list[object] = []
     times: list[float] = []
     weights: list[float] = []
+    queries: list[str | None] = []
     lines = 0
     malformed = 0
     parse_id = str if string_ids else int
@@ -154,6 +164,8 @@ def load_delimited(
             times.append(_parse_time(fields[time_i], path, number))
         if weight_i is not None:
             weights.append(_parse_weight(fields[weight_i], path, number))
+        if query_i is not None:
+            queries.append(fields[query_i] or None if query_i < len(fields) else None)
     if lines == 0:
         raise DataError(f"{path} has a header line but no interactions")
     if not users:
@@ -173,6 +185,7 @@ def load_delimited(
         weights=np.asarray(weights, dtype=np.float32) if weight_i is not None else None,
         source=str(path),
         skipped={"malformed lines": malformed} if malformed else {},
+        queries=np.asarray(queries, dtype=object) if query_i is not None else None,
     )
 
 
@@ -236,10 +249,11 @@ def _looks_like_header(
     item_col: Column,
     time_col: Column | None,
     weight_col: Column | None,
+    query_col: Column | None,
     string_ids: bool,
 ) -> bool:
     """The `header=None` rule of `load_delimited`."""
-    columns = (user_col, item_col, time_col, weight_col)
+    columns = (user_col, item_col, time_col, weight_col, query_col)
     if any(isinstance(c, str) for c in columns):
         return True
 

@@ -29,6 +29,8 @@ class Interactions:
         items_info: titles and genres by item id (as `str`), where the source has them.
         source: a short description of where the rows came from.
         skipped: reason -> number of input rows left out while loading.
+        queries: optional object [n] of str or None: the search query that led to each
+            event (a real search log's query column), None where the event had none.
     """
 
     users: np.ndarray
@@ -38,17 +40,28 @@ class Interactions:
     items_info: dict[str, ItemInfo] = field(default_factory=dict)
     source: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
+    queries: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.users)
         lengths = {len(self.items), len(self.timestamps)}
-        if self.weights is not None:
-            lengths.add(len(self.weights))
+        for optional in (self.weights, self.queries):
+            if optional is not None:
+                lengths.add(len(optional))
         if lengths != {n}:
             raise ValueError(
-                f"users, items, timestamps (and weights) must have one length; got {n} users, "
-                f"{len(self.items)} items, {len(self.timestamps)} timestamps"
+                f"users, items, timestamps (and weights, queries) must have one length; got "
+                f"{n} users, {len(self.items)} items, {len(self.timestamps)} timestamps"
+                + (f", {len(self.weights)} weights" if self.weights is not None else "")
+                + (f", {len(self.queries)} queries" if self.queries is not None else "")
             )
+        if self.queries is not None:
+            wrong = [q for q in self.queries if q is not None and not isinstance(q, str)]
+            if wrong:
+                raise TypeError(
+                    f"queries must hold str or None per event, got {type(wrong[0]).__name__} "
+                    f"{wrong[0]!r}; pass the query text, or None for an event without a query"
+                )
 
     def __len__(self) -> int:
         return len(self.users)
@@ -67,6 +80,9 @@ class Interactions:
             f"{len(self):,} interactions, {self.num_users:,} users, {self.num_items:,} items "
             f"({self.source})"
         )
+        if self.queries is not None:
+            with_query = sum(q is not None for q in self.queries)
+            line += f", {with_query:,} with a search query"
         if self.skipped:
             details = ", ".join(f"{count:,} {reason}" for reason, count in self.skipped.items())
             line += f"; skipped {details}"

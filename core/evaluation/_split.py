@@ -20,6 +20,28 @@ _STAT_NAMES = {
 }
 
 
+@dataclass(frozen=True)
+class LoggedQueries:
+    """The search queries of a split's kept events (a log with a query column), None
+    where an event had none; each field is parallel to the `Split` field of its name.
+
+    Attributes:
+        train: per user, the query of each train event.
+        valid: per user, the query of the validation event.
+        test: per user, the query of the test event.
+    """
+
+    train: list[list[str | None]]
+    valid: list[str | None]
+    test: list[str | None]
+
+    def targets(self, stage: str) -> list[str | None]:
+        """The query of each user's ``stage`` ("valid" or "test") event."""
+        if stage not in ("valid", "test"):
+            raise ValueError(f"stage must be 'valid' or 'test', got {stage!r}")
+        return self.valid if stage == "valid" else self.test
+
+
 @dataclass
 class Split:
     """Per-user time-ordered train sequences and held-out validation/test targets.
@@ -37,6 +59,8 @@ class Split:
         genre_names: the genre of each column of `item_genres`.
         titles: title of each item row, None where unknown.
         stats: counts of what the protocol removed or skipped.
+        queries: the logged search queries of the events, where the log has a query
+            column (`Interactions.queries`); None otherwise.
     """
 
     item_ids: np.ndarray
@@ -48,6 +72,7 @@ class Split:
     genre_names: list[str]
     titles: list[str | None]
     stats: dict[str, int] = field(default_factory=dict)
+    queries: LoggedQueries | None = None
 
     @property
     def num_items(self) -> int:
@@ -115,6 +140,8 @@ def leave_last_out(interactions: Interactions) -> Split:
        validation target, the rest is train.
     3. The item universe is the items of the train parts; targets outside it become -1
        and are counted in `stats`.
+    4. Where the log has queries, each kept event keeps its own (so a repeated (user, item)
+       keeps its first event's query) in `Split.queries`.
     """
     n = len(interactions)
     if n == 0:
@@ -129,6 +156,7 @@ def leave_last_out(interactions: Interactions) -> Split:
 
     boundaries = np.flatnonzero(np.diff(users)) + 1
     sequences = np.split(items, boundaries)
+    events = np.split(kept, boundaries)  # row of each kept event, parallel to `sequences`
     sequence_users = users[np.concatenate([[0], boundaries])]
     long_enough = [len(s) >= MIN_EVENTS for s in sequences]
     sequences = [s for s, keep in zip(sequences, long_enough, strict=True) if keep]
@@ -138,6 +166,7 @@ def leave_last_out(interactions: Interactions) -> Split:
             "a train, a validation and a test event per user"
         )
     sequence_users = sequence_users[np.asarray(long_enough)]
+    events = [e for e, keep in zip(events, long_enough, strict=True) if keep]
 
     train_codes = [s[:-2] for s in sequences]
     universe = np.unique(np.concatenate(train_codes))
@@ -158,6 +187,14 @@ def leave_last_out(interactions: Interactions) -> Split:
         for genre in item_info.genres if item_info else ():
             item_genres[row, genre_column[genre]] = 1.0
 
+    queries = None
+    if interactions.queries is not None:
+        by_event = [interactions.queries[e].tolist() for e in events]
+        queries = LoggedQueries(
+            train=[q[:-2] for q in by_event],
+            valid=[q[-2] for q in by_event],
+            test=[q[-1] for q in by_event],
+        )
     return Split(
         item_ids=item_ids,
         users=np.asarray([str(v) for v in user_values[sequence_users]]),
@@ -173,4 +210,5 @@ def leave_last_out(interactions: Interactions) -> Split:
             "valid_targets_outside_universe": int((valid < 0).sum()),
             "test_targets_outside_universe": int((test < 0).sum()),
         },
+        queries=queries,
     )
