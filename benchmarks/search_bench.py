@@ -38,13 +38,13 @@ import numpy as np
 
 from pocketrec.data import load
 from pocketrec.errors import PocketrecError
-from pocketrec.evaluation import Split, leave_last_out
+from pocketrec.evaluation import QUERY_KINDS, Split, content_words, leave_last_out, typo
 from pocketrec.sdk import Bundle, Recommender
 from pocketrec.sdk._text import words
 from pocketrec.sdk.contract import COLD_START_VECTOR
 from pocketrec.sdk.search import Searcher, SearchSettings, SearchTower, mix
 
-KINDS = ("genre", "title", "typo")
+KINDS = QUERY_KINDS
 # The kind of the queries a real search log holds (`Split.queries`).
 LOGGED = "logged"
 USER = "bm25+user vector"
@@ -55,80 +55,6 @@ ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 STAGES = ("valid", "test")
 # BM25 length normalisations tried beside each alpha.
 BS = (0.0, 0.3, 0.75)
-STOP_WORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "but",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "he",
-        "her",
-        "his",
-        "i",
-        "in",
-        "is",
-        "it",
-        "its",
-        "la",
-        "le",
-        "les",
-        "my",
-        "no",
-        "not",
-        "of",
-        "on",
-        "or",
-        "our",
-        "she",
-        "so",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "to",
-        "too",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "will",
-        "with",
-        "you",
-        "your",
-        "de",
-        "des",
-        "du",
-        "el",
-        "en",
-        "et",
-        "il",
-        "l",
-        "los",
-        "un",
-        "une",
-    ]
-)
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass(frozen=True)
@@ -175,7 +101,7 @@ def make_queries(
         item = items[target]
         genres = [g for g in item.get("genres", []) if isinstance(g, str) and words(g)]
         title = item.get("title") if isinstance(item.get("title"), str) else ""
-        title_words = [w for w in words(title) if _content_word(w)]
+        title_words = content_words(title)
         if genres:
             queries.append(_Query(user, target, "genre", str(rng.choice(genres))))
         if title_words:
@@ -189,29 +115,6 @@ def make_queries(
             word = str(rng.choice(long_words))
             queries.append(_Query(user, target, "typo", typo(word, rng)))
     return queries
-
-
-def typo(word: str, rng: np.random.Generator) -> str:
-    """``word`` with one random character edit: substitution, deletion, insertion or swap."""
-    while True:
-        at = int(rng.integers(0, len(word)))
-        edit = int(rng.integers(0, 4))
-        letter = _LETTERS[int(rng.integers(0, len(_LETTERS)))]
-        if edit == 0:
-            changed = word[:at] + letter + word[at + 1 :]
-        elif edit == 1:
-            changed = word[:at] + word[at + 1 :]
-        elif edit == 2:
-            changed = word[:at] + letter + word[at:]
-        else:
-            at = min(at, len(word) - 2)
-            changed = word[:at] + word[at + 1] + word[at] + word[at + 2 :]
-        if changed != word:
-            return changed
-
-
-def _content_word(word: str) -> bool:
-    return len(word) >= 3 and not word.isdigit() and word not in STOP_WORDS
 
 
 def target_rank(

@@ -119,7 +119,8 @@ def test_new_catalog_and_rebuilt_parts_keep_the_tower(towered):
     parts = (bundle.manifest, bundle.model, bundle.table, bundle.items)
     rebuilt = Bundle.from_parts(*parts, search_tower=bundle.search_tower)
     assert rebuilt.search_tower == bundle.search_tower
-    # The sync ships the user tower and rows only: the bundle then searches without it.
+    # Without the tower's bytes (a model version published before towers shipped) the
+    # bundle is rebuilt without it and searches with the user vector.
     synced = Bundle.from_parts(*parts)
     assert synced.search_tower is None and synced.search_tower_settings is None
     with Recommender.open(synced) as recommender:

@@ -43,7 +43,7 @@ import tf_keras
 
 from pocketrec import _log
 from pocketrec.errors import ConversionError
-from pocketrec.evaluation import Split
+from pocketrec.evaluation import QUERY_KINDS, Split, content_words, typo
 from pocketrec.sdk import Bundle
 from pocketrec.sdk._text import QueryEncoding, words
 from pocketrec.sdk.search import (
@@ -59,18 +59,6 @@ from pocketrec.training._flatbuffer import strip_names
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.export import items_metadata
 
-# Query kinds of the pseudo-queries, drawn uniformly among those the target's metadata allows.
-QUERY_KINDS = ("genre", "title", "typo")
-# Words too common to make a title query of.
-_STOP_WORDS = frozenset(
-    (  # noqa: SIM905 (one line of words reads better than a column of 70)
-        "a an and are as at be but by for from has have he her his i in is it its my no not of "
-        "on or our she so than that the their them then there these they this to too was we "
-        "were what when where which who why will with you your la le les de des du el en et il "
-        "l los un une"
-    ).split()
-)
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # Added to the logits of the prefix's items (seen by the user), which leave the softmax.
 _SEEN_LOGIT = -1e9
 
@@ -140,7 +128,7 @@ def pseudo_query(title: str | None, genres: Sequence[str], rng: np.random.Genera
     """A query a user looking for this item might type, of a kind drawn among those its
     metadata allows: one of its genres, one or two content words of its title, or a title
     word of 4+ letters with one typo. None when the item has no genre and no title word."""
-    content = [w for w in words(title or "") if _content_word(w)]
+    content = content_words(title)
     long_words = [w for w in content if len(w) >= 4]
     allowed = {"genre": bool(genres), "title": bool(content), "typo": bool(long_words)}
     kinds = [k for k in QUERY_KINDS if allowed[k]]
@@ -154,29 +142,6 @@ def pseudo_query(title: str | None, genres: Sequence[str], rng: np.random.Genera
         start = int(rng.integers(0, len(content) - count + 1))
         return " ".join(content[start : start + count])
     return typo(long_words[int(rng.integers(0, len(long_words)))], rng)
-
-
-def typo(word: str, rng: np.random.Generator) -> str:
-    """``word`` with one random edit: a letter changed, dropped, added, or two swapped."""
-    while True:
-        at = int(rng.integers(0, len(word)))
-        edit = int(rng.integers(0, 4))
-        letter = _LETTERS[int(rng.integers(0, len(_LETTERS)))]
-        if edit == 0:
-            changed = word[:at] + letter + word[at + 1 :]
-        elif edit == 1:
-            changed = word[:at] + word[at + 1 :]
-        elif edit == 2:
-            changed = word[:at] + letter + word[at:]
-        else:
-            at = min(at, len(word) - 2)
-            changed = word[:at] + word[at + 1] + word[at] + word[at + 2 :]
-        if changed != word:
-            return changed
-
-
-def _content_word(word: str) -> bool:
-    return len(word) >= 3 and not word.isdigit() and word not in _STOP_WORDS
 
 
 @dataclass(frozen=True)

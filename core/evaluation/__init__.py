@@ -1,4 +1,4 @@
-"""The shared evaluation protocol: split, full-ranking metrics, and baselines."""
+"""The shared evaluation protocol: split, full-ranking metrics, baselines, and queries."""
 
 from pocketrec.evaluation._baselines import (
     EASE,
@@ -12,11 +12,14 @@ from pocketrec.evaluation._baselines import (
     tune,
 )
 from pocketrec.evaluation._metrics import Metrics, ScoreFn, evaluate, target_ranks
+from pocketrec.evaluation._queries import QUERY_KINDS, STOP_WORDS, content_words, typo
 from pocketrec.evaluation._report import TableRow, metrics_table
 from pocketrec.evaluation._split import Split, leave_last_out
 
 __all__ = [
     "EASE",
+    "QUERY_KINDS",
+    "STOP_WORDS",
     "BaselineResult",
     "BaselineSkipped",
     "ItemKNN",
@@ -27,10 +30,12 @@ __all__ = [
     "Split",
     "TableRow",
     "available_memory_bytes",
+    "content_words",
     "evaluate",
     "leave_last_out",
     "metrics_table",
     "run_baselines",
     "target_ranks",
     "tune",
+    "typo",
 ]
