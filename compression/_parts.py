@@ -24,7 +24,7 @@ from pocketrec.errors import CompressionError
 from pocketrec.evaluation import Split
 from pocketrec.sdk.contract import HISTORY_INPUT, MASK_INPUT
 from pocketrec.training.convert import user_tower_shape
-from pocketrec.training.fit import make_windows
+from pocketrec.training.fit import make_windows, seen_pairs
 from pocketrec.training.model import user_tower_from_encoder
 
 ITEM_TABLE_LAYER = "item_table"
@@ -254,7 +254,8 @@ def fine_tune(
     """Trains ``network`` (and ``table``) on the next-item objective of training.
 
     Softmax cross-entropy over every item of the next item, at every position of the
-    training windows when ``parts`` has an encoder, else at the last one. ``callbacks``
+    training windows when ``parts`` has an encoder, else at the last one; the items already
+    in the window are not candidates, as in training (``TrainConfig.exclude_seen``). ``callbacks``
     (e.g. tfmot's ``UpdatePruningStep``) get ``on_train_begin``, ``on_train_batch_begin``
     per step and ``on_epoch_end``.
 
@@ -267,8 +268,12 @@ def fine_tune(
     tf.random.set_seed(config.seed)
     optimizer = tf_keras.optimizers.Adam(config.learning_rate)
 
-    @tf.function
-    def step(items: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    window = tf.TensorSpec([None, parts.history_length], tf.int32)
+
+    # A fixed signature: the seen pairs change in number every batch, which would otherwise
+    # trace a new graph per step.
+    @tf.function(input_signature=[window, window, tf.TensorSpec([None, 2], tf.int32)])
+    def step(items: tf.Tensor, targets: tf.Tensor, seen: tf.Tensor) -> tf.Tensor:
         mask = tf.cast(targets >= 0, tf.float32)
         with tf.GradientTape() as tape:
             outputs = model([items, mask], training=True)
@@ -279,6 +284,7 @@ def fine_tune(
             else:
                 labels = targets[:, -1]
             logits = tf.matmul(outputs, vectors, transpose_b=True)
+            logits = tf.tensor_scatter_nd_update(logits, seen, tf.fill([tf.shape(seen)[0]], -1e9))
             loss = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             )
@@ -293,7 +299,8 @@ def fine_tune(
     for index in range(config.steps):
         callback_list.on_train_batch_begin(index)
         items, targets = next(batches)
-        loss = float(step(tf.constant(items), tf.constant(targets)))
+        seen = seen_pairs(items, targets) if sequence else _window_items(items, targets)
+        loss = float(step(tf.constant(items), tf.constant(targets), tf.constant(seen)))
         if not np.isfinite(loss):
             raise CompressionError(
                 f"fine-tuning diverged at step {index} (loss {loss}); lower "
@@ -301,3 +308,9 @@ def fine_tune(
             )
     callback_list.on_epoch_end(0)
     return model
+
+
+def _window_items(items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(window, item) pairs of each window's real items: seen when predicting its last."""
+    rows, columns = np.nonzero(targets >= 0)
+    return np.stack([rows, items[rows, columns]], axis=1).astype(np.int32)

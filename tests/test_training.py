@@ -244,13 +244,12 @@ def test_auto_objective_trains_both_and_keeps_the_better_on_validation() -> None
 
 
 def test_seen_items_of_each_position_are_the_windows_items_up_to_it() -> None:
-    from pocketrec.training.fit import _seen_pairs
+    from pocketrec.training.fit import seen_pairs
 
     items = np.array([[0, 0, 4, 7, 9], [3, 5, 6, 2, 1]], np.int32)
     targets = np.array([[-1, -1, 7, 9, 8], [5, 6, 2, 1, 0]], np.int32)
-    pairs = {tuple(p) for p in _seen_pairs(items, targets, enabled=True).tolist()}
+    pairs = {tuple(p) for p in seen_pairs(items, targets).tolist()}
     # Window 0 has 3 real positions (rows 0-2 of the logits), window 1 five (rows 3-7).
     assert {(0, 4), (1, 4), (1, 7), (2, 4), (2, 7), (2, 9)} <= pairs
     assert (0, 7) not in pairs and (3, 3) in pairs and (7, 2) in pairs and (3, 5) not in pairs
     assert len(pairs) == 6 + 15
-    assert _seen_pairs(items, targets, enabled=False).shape == (0, 2)

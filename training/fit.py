@@ -249,7 +249,9 @@ def train(
                     tf.constant(items[chosen]),
                     tf.constant(targets[chosen]),
                     tf.constant(
-                        _seen_pairs(items[chosen], targets[chosen], train_config.exclude_seen)
+                        seen_pairs(items[chosen], targets[chosen])
+                        if train_config.exclude_seen
+                        else np.zeros((0, 2), np.int32)
                     ),
                 )
             )
@@ -393,10 +395,10 @@ def _step_function(
     return step
 
 
-def _seen_pairs(items: np.ndarray, targets: np.ndarray, enabled: bool) -> np.ndarray:
-    """(real position, item) pairs: at each position, the window's items up to it."""
-    if not enabled:
-        return np.zeros((0, 2), np.int32)
+def seen_pairs(items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """int32 ``[P, 2]`` (real position, item) pairs: at each position, the window's items up
+    to it. Positions are numbered over the real positions of all windows, in order (the
+    rows of the logits after ``tf.boolean_mask(..., targets >= 0)``)."""
     pairs = []
     base = 0
     for row_items, row_targets in zip(items, targets, strict=True):
