@@ -24,8 +24,8 @@ from pocketrec.sdk.table import ItemTable
 MAX_REASONS = 3
 # History items per result whose removal may be measured (the most similar by item vector),
 # and the most measured per call: each is one history in the user-tower batch.
-CANDIDATES = 4
-MAX_TRIED = 6
+CANDIDATES = 3
+MAX_TRIED = 3
 # Table rows removed -> user vectors float32 [len, D] of the history without each of them.
 Occlusion = Callable[[Sequence[int]], np.ndarray]
 

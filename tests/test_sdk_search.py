@@ -228,6 +228,21 @@ def test_results_explain_query_words_and_the_history_items_whose_removal_costs_m
         assert recommender.recommend(k=2).items[0].because == ()
 
 
+def test_explain_false_skips_history_reasons_but_not_the_ranking_or_query_words(bundle):
+    with Recommender.open(bundle) as recommender:
+        history = ["m0", "m1", "m8", "m9"]
+        explained = recommender.search("lost advnture", history=history, k=3)
+        quiet = recommender.search("lost advnture", history=history, k=3, explain=False)
+        assert [(r.item_id, r.score) for r in quiet.items] == [
+            (r.item_id, r.score) for r in explained.items
+        ]
+        assert all(r.kind == "query" for item in quiet.items for r in item.because)
+        assert [r.value for r in quiet.items[0].because] == ["lost", "advnture"]
+        plain = recommender.recommend(history, k=3, explain=False)
+        assert plain.item_ids == recommender.recommend(history, k=3).item_ids
+        assert all(item.because == () for item in plain.items)
+
+
 # -- CLI ----------------------------------------------------------------------------------------
 
 
