@@ -14,7 +14,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -116,20 +116,45 @@ def to_tflite(
         outputs = user_tower({HISTORY_INPUT: history, MASK_INPUT: mask}, training=False)
         return {USER_VECTOR_OUTPUT: outputs}
 
+    def configure(converter: tf.lite.TFLiteConverter) -> None:
+        _configure(converter, quantization, representative_data, length, dim)
+        # Per-tensor weight scales have no public converter switch.
+        converter._experimental_disable_per_channel = not per_channel
+
+    return convert_signature(
+        user_vector,
+        user_tower.variables,
+        SIGNATURE_KEY,
+        configure,
+        f"TFLite conversion with quantization={quantization!r}",
+    )
+
+
+def convert_signature(
+    function: tf.types.experimental.GenericFunction,
+    variables: Sequence[tf.Variable],
+    signature_key: str,
+    configure: Callable[[tf.lite.TFLiteConverter], None],
+    what: str,
+) -> bytes:
+    """``function`` (a ``tf.function`` with an input signature) as a TFLite flatbuffer
+    whose only signature is ``signature_key``, inner tensor names stripped.
+
+    ``configure`` sets the converter's quantization. Converter failures raise
+    `ConversionError` naming ``what`` was converted.
+    """
     # The module tracks the variables only, not the Keras model: saving a Keras model
     # traces every layer for Keras's own SavedModel metadata, which doubles the time.
     module = tf.Module()
-    module.variables_ = list(user_tower.variables)
-    module.user_vector = user_vector
+    module.variables_ = list(variables)
+    module.function = function
     with tempfile.TemporaryDirectory(prefix="pocketrec-tflite-") as saved_dir:
         try:
-            tf.saved_model.save(module, saved_dir, signatures={SIGNATURE_KEY: user_vector})
+            tf.saved_model.save(module, saved_dir, signatures={signature_key: function})
             converter = tf.lite.TFLiteConverter.from_saved_model(
-                saved_dir, signature_keys=[SIGNATURE_KEY]
+                saved_dir, signature_keys=[signature_key]
             )
-            _configure(converter, quantization, representative_data, length, dim)
-            # Per-tensor weight scales have no public converter switch.
-            converter._experimental_disable_per_channel = not per_channel
+            configure(converter)
             with warnings.catch_warnings():
                 # int8 calibration runs the converter's own (deprecated) tf.lite.Interpreter.
                 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
@@ -138,10 +163,7 @@ def to_tflite(
         except ConversionError:
             raise
         except Exception as error:  # the converter raises many unrelated types
-            raise ConversionError(
-                f"TFLite conversion with quantization={quantization!r} failed: "
-                f"{type(error).__name__}: {error}"
-            ) from error
+            raise ConversionError(f"{what} failed: {type(error).__name__}: {error}") from error
 
 
 def _configure(

@@ -32,8 +32,6 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,7 +40,6 @@ import tensorflow as tf
 import tf_keras
 
 from pocketrec import _log
-from pocketrec.errors import ConversionError
 from pocketrec.evaluation import QUERY_KINDS, Split, content_words, typo
 from pocketrec.sdk import Bundle
 from pocketrec.sdk._text import QueryEncoding, words
@@ -55,8 +52,8 @@ from pocketrec.sdk.search import (
     Searcher,
     SearchSettings,
 )
-from pocketrec.training._flatbuffer import strip_names
 from pocketrec.training._trained import TrainedModel
+from pocketrec.training.convert import convert_signature
 from pocketrec.training.export import items_metadata
 
 # Added to the logits of the prefix's items (seen by the user), which leave the softmax.
@@ -186,25 +183,17 @@ class TrainedSearchTower:
             out = model({QUERY_INPUT: query, USER_INPUT: user_vector}, training=False)
             return {SEARCH_OUTPUT: out}
 
-        module = tf.Module()
-        module.variables_ = list(model.variables)
-        module.search_vector = search_vector
-        with tempfile.TemporaryDirectory(prefix="pocketrec-search-") as saved:
-            try:
-                tf.saved_model.save(module, saved, signatures={SEARCH_SIGNATURE: search_vector})
-                converter = tf.lite.TFLiteConverter.from_saved_model(
-                    saved, signature_keys=[SEARCH_SIGNATURE]
-                )
-                if quantization == "dynamic":
-                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    return strip_names(bytes(converter.convert()))
-            except Exception as error:  # the converter raises many unrelated types
-                raise ConversionError(
-                    f"converting the search tower ({quantization}) failed: "
-                    f"{type(error).__name__}: {error}"
-                ) from error
+        def configure(converter: tf.lite.TFLiteConverter) -> None:
+            if quantization == "dynamic":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        return convert_signature(
+            search_vector,
+            model.variables,
+            SEARCH_SIGNATURE,
+            configure,
+            f"converting the search tower ({quantization})",
+        )
 
 
 def query_tokens(queries: Sequence[str], encoding: QueryEncoding) -> np.ndarray:
