@@ -181,15 +181,9 @@ def build_feature_encoder(num_genres: int, config: ModelConfig) -> tf_keras.Mode
             )
         )
     if config.use_titles:
-        embedded = tf_keras.layers.Embedding(
-            config.title_buckets,
-            config.embedding_dim,
-            embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05),
-            name="title_words",
-        )(words)
-        present = tf.cast(words > 0, tf.float32)[:, :, None]
-        count = tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
-        parts.append(tf.reduce_sum(embedded * present, axis=1) / count)
+        parts.append(
+            mean_embedding(words, config.title_buckets, config.embedding_dim, 0.05, "title_words")
+        )
     if not parts:
         parts.append(
             tf.zeros_like(tf.cast(words[:, :1], tf.float32)) * tf.zeros([config.embedding_dim])
@@ -198,6 +192,20 @@ def build_feature_encoder(num_genres: int, config: ModelConfig) -> tf_keras.Mode
     return tf_keras.Model(
         inputs={"genres": genres, "words": words}, outputs=vector, name="feature_encoder"
     )
+
+
+def mean_embedding(ids: tf.Tensor, buckets: int, dim: int, stddev: float, name: str) -> tf.Tensor:
+    """``[B, dim]``: the mean of an ``Embedding(buckets, dim)``'s rows for the ids > 0 of
+    each row of ``ids`` int32 ``[B, T]`` (0 pads; a row of padding gives zeros)."""
+    embedded = tf_keras.layers.Embedding(
+        buckets,
+        dim,
+        embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=stddev),
+        name=name,
+    )(ids)
+    present = tf.cast(ids > 0, tf.float32)[:, :, None]
+    count = tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
+    return tf.reduce_sum(embedded * present, axis=1) / count
 
 
 def build_item_tower(

@@ -55,6 +55,7 @@ from pocketrec.sdk.search import (
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.convert import convert_signature
 from pocketrec.training.export import items_metadata
+from pocketrec.training.model import mean_embedding
 
 # Added to the logits of the prefix's items (seen by the user), which leave the softmax.
 _SEEN_LOGIT = -1e9
@@ -100,15 +101,7 @@ def build_search_tower(dim: int, config: SearchTowerConfig) -> tf_keras.Model:
     encoding = config.encoding
     query = tf_keras.Input(shape=(encoding.max_tokens,), dtype=tf.int32, name=QUERY_INPUT)
     user = tf_keras.Input(shape=(dim,), dtype=tf.float32, name=USER_INPUT)
-    embedded = tf_keras.layers.Embedding(
-        encoding.buckets,
-        config.token_dim,
-        embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.1),
-        name="query_tokens",
-    )(query)
-    present = tf.cast(query > 0, tf.float32)[:, :, None]
-    count = tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
-    mean = tf.reduce_sum(embedded * present, axis=1) / count
+    mean = mean_embedding(query, encoding.buckets, config.token_dim, 0.1, "query_tokens")
     hidden = tf_keras.layers.Dense(config.hidden_dim, activation="relu", name="query_hidden")(mean)
     asked = tf_keras.layers.Dense(dim, name="query_vector")(hidden)
     gate = tf_keras.layers.Dense(
