@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from _training_fixtures import tiny_split
 
 from pocketrec.benchmarks.cold_bench import (
@@ -39,6 +40,12 @@ def test_without_items_renumbers_rows_and_drops_held_out_events_and_targets() ->
         gone = np.isin(before, held) | (before < 0)
         assert (after[gone] == -1).all()
         assert list(reduced.item_ids[after[~gone]]) == list(split.item_ids[before[~gone]])
+
+
+def test_cold_bench_refuses_a_holdout_share_outside_zero_to_one() -> None:
+    for holdout in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="holdout"):
+            run_cold_bench(tiny_split(), ColdBenchConfig(holdout=holdout, epochs=1))
 
 
 def test_cold_bench_reports_new_users_and_new_items_beside_their_baselines() -> None:

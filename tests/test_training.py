@@ -73,6 +73,17 @@ def test_train_config_rejects_unknown_loss() -> None:
         TrainConfig(loss="hinge").validate()
 
 
+def test_configs_reject_an_unknown_objective_and_out_of_range_item_features() -> None:
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="pairs").validate()
+    with pytest.raises(ValueError, match="id_dropout"):
+        ModelConfig(id_dropout=1.0)
+    with pytest.raises(ValueError, match="title_buckets"):
+        ModelConfig(title_buckets=1)
+    with pytest.raises(ValueError, match="title_words"):
+        ModelConfig(title_words=0)
+
+
 @pytest.mark.parametrize("encoder", ["attention", "mean", "gru"])
 def test_user_tower_gives_finite_vectors_for_empty_histories(encoder: str) -> None:
     tower = build_user_tower(tiny_model_config(encoder=encoder))
