@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-ENCODERS = ("attention", "mean", "gru")
+ENCODERS = ("attention", "mean", "gru", "linear")
 
 # Added to the attention logits of masked keys: their weight shrinks by e^-30 (nothing at
 # float precision). A larger constant would also work in float16, but it would stretch the
@@ -37,6 +37,15 @@ ENCODERS = ("attention", "mean", "gru")
 _MASKED_LOGIT = -30.0
 
 _WORD = re.compile(r"\w+")
+
+# Layer names the closed-form fit (training.closed_form) writes into.
+ITEM_EMBEDDING = "item_embedding"
+GENRE_PROJECTION = "genre_projection"
+TITLE_WORDS = "title_words"
+LINEAR_PROJECTION = "linear_projection"
+_MEAN_DROPOUT = "mean_dropout"
+_MEAN_PROJECTION = "mean_projection"
+_OUTPUT_NORM = "output_norm"
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,9 @@ class ModelConfig:
         embedding_dim: D, the size of item and user vectors.
         history_length: L, the number of most recent history items the user tower reads.
         encoder: ``"attention"`` (causal self-attention blocks with learned positions,
-            SASRec-like), ``"mean"`` (masked mean and a dense layer) or ``"gru"``.
+            SASRec-like), ``"mean"`` (masked mean and a dense layer), ``"gru"`` or
+            ``"linear"`` (masked mean times a matrix: what the closed-form fit of
+            ``objective="ease"`` fills in).
         num_blocks: self-attention blocks (``"attention"`` only).
         num_heads: attention heads; must divide ``embedding_dim``.
         ffn_dim: width of the feed-forward layer of each block (at most ``2 * D`` keeps
@@ -176,13 +187,13 @@ def build_feature_encoder(num_genres: int, config: ModelConfig) -> tf_keras.Mode
     parts = []
     if config.use_genres and num_genres > 0:
         parts.append(
-            tf_keras.layers.Dense(config.embedding_dim, use_bias=False, name="genre_projection")(
+            tf_keras.layers.Dense(config.embedding_dim, use_bias=False, name=GENRE_PROJECTION)(
                 genres
             )
         )
     if config.use_titles:
         parts.append(
-            mean_embedding(words, config.title_buckets, config.embedding_dim, 0.05, "title_words")
+            mean_embedding(words, config.title_buckets, config.embedding_dim, 0.05, TITLE_WORDS)
         )
     if not parts:
         parts.append(
@@ -241,7 +252,7 @@ def build_item_tower(
         num_items,
         config.embedding_dim,
         embeddings_initializer=tf_keras.initializers.RandomNormal(stddev=0.05),
-        name="item_embedding",
+        name=ITEM_EMBEDDING,
     )(item)
     if config.id_dropout > 0:
         vector = tf_keras.layers.Dropout(
@@ -285,6 +296,8 @@ def build_sequence_encoder(config: ModelConfig) -> tf_keras.Model:
         sequence = _attention_encoder(history, mask, config)
     elif config.encoder == "mean":
         sequence = _mean_encoder(history, mask, config)
+    elif config.encoder == "linear":
+        sequence = _linear_encoder(history, mask, config)
     else:
         sequence = _gru_encoder(history, mask, config)
     return tf_keras.Model(
@@ -295,8 +308,22 @@ def build_sequence_encoder(config: ModelConfig) -> tf_keras.Model:
 def user_tower_from_encoder(encoder: tf_keras.Model) -> tf_keras.Model:
     """User tower sharing ``encoder``'s layers: inputs ``history``, ``mask`` -> ``[B, D]``.
 
-    The user vector is the encoder's output at the last (most recent) position.
+    The user vector is the encoder's output at the last (most recent) position. For the
+    mean and linear encoders that is the layers after the mean applied to the mean of the
+    whole window, built directly: the causal ``L x L`` matrix (640 KB of float32 constants
+    at L = 400) and the other positions' work stay out of the shipped model.
     """
+    names = [layer.name for layer in encoder.layers]
+    if _MEAN_PROJECTION in names or LINEAR_PROJECTION in names:
+        history, mask = encoder.input["history"], encoder.input["mask"]
+        summed = tf.reduce_sum(history * mask[:, :, None], axis=1)
+        vector = summed / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+        for name in (_MEAN_DROPOUT, _MEAN_PROJECTION, LINEAR_PROJECTION):
+            if name in names:
+                vector = encoder.get_layer(name)(vector)
+        if _OUTPUT_NORM in names:  # built for [B, L, D]: its axis is 2
+            vector = encoder.get_layer(_OUTPUT_NORM)(vector[:, None, :])[:, 0, :]
+        return tf_keras.Model(inputs=encoder.input, outputs=vector, name="user_tower")
     user_vector = encoder.output[:, -1, :]
     return tf_keras.Model(inputs=encoder.input, outputs=user_vector, name="user_tower")
 
@@ -316,56 +343,79 @@ def _attention_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig)
     head_dim = dim // heads
     x = SequenceEmbedding(name="sequence_embedding")([history, mask])
     x = tf_keras.layers.Dropout(config.dropout, name="input_dropout")(x)
-    # [B, 1, L, L]: a query may attend to real items that are not newer than itself. A query
+    # [B, L, L]: a query may attend to real items that are not newer than itself. A query
     # with no allowed key (padding, empty history) gets uniform weights instead of NaN.
-    allowed = _causal_mask(config.history_length)[None, None] * mask[:, None, None, :]
+    allowed = _causal_mask(config.history_length)[None] * mask[:, None, :]
     logit_bias = (1.0 - allowed) * _MASKED_LOGIT
+    if heads > 1:
+        logit_bias = logit_bias[:, None]  # [B, 1, L, L], broadcast over heads
     for block in range(config.num_blocks):
         name = f"block{block}"
         h = tf_keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_attention_norm")(x)
-        query = _split_heads(tf_keras.layers.Dense(dim, name=f"{name}_query")(h), heads)
-        key = _split_heads(tf_keras.layers.Dense(dim, name=f"{name}_key")(h), heads)
-        value = _split_heads(tf_keras.layers.Dense(dim, name=f"{name}_value")(h), heads)
+        query = _split_heads(_per_row(tf_keras.layers.Dense(dim, name=f"{name}_query"), h), heads)
+        key = _split_heads(_per_row(tf_keras.layers.Dense(dim, name=f"{name}_key"), h), heads)
+        value = _split_heads(_per_row(tf_keras.layers.Dense(dim, name=f"{name}_value"), h), heads)
         logits = tf.matmul(query, key, transpose_b=True) * (1.0 / math.sqrt(head_dim))
         weights = tf.nn.softmax(logits + logit_bias, axis=-1)
         attended = _merge_heads(tf.matmul(weights, value), heads, dim)
-        attended = tf_keras.layers.Dense(dim, name=f"{name}_output")(attended)
+        attended = _per_row(tf_keras.layers.Dense(dim, name=f"{name}_output"), attended)
         x = x + tf_keras.layers.Dropout(config.dropout, name=f"{name}_attention_dropout")(attended)
         h = tf_keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ffn_norm")(x)
-        h = tf_keras.layers.Dense(config.ffn_dim, activation="relu", name=f"{name}_ffn_in")(h)
-        h = tf_keras.layers.Dense(dim, name=f"{name}_ffn_out")(h)
+        h = _per_row(
+            tf_keras.layers.Dense(config.ffn_dim, activation="relu", name=f"{name}_ffn_in"), h
+        )
+        h = _per_row(tf_keras.layers.Dense(dim, name=f"{name}_ffn_out"), h)
         x = x + tf_keras.layers.Dropout(config.dropout, name=f"{name}_ffn_dropout")(h)
-    return tf_keras.layers.LayerNormalization(epsilon=1e-6, name="output_norm")(x)
+    return tf_keras.layers.LayerNormalization(epsilon=1e-6, name=_OUTPUT_NORM)(x)
+
+
+def _per_row(layer: tf_keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
+    # [B, L, D] -> [B * L, D] -> layer -> [B, L, D']. A Dense layer on a 3-D input computes
+    # its output shape at run time (about six shape ops each); with L known, two reshapes.
+    length = int(x.shape[1])
+    rows = layer(tf.reshape(x, [-1, int(x.shape[2])]))
+    return tf.reshape(rows, [-1, length, int(rows.shape[-1])])
 
 
 def _split_heads(x: tf.Tensor, heads: int) -> tf.Tensor:
-    # [B, L, D] -> [B, H, L, D / H]
+    # [B, L, D] -> [B, H, L, D / H]; one head stays [B, L, D] (no slicing ops in the model).
     length, dim = int(x.shape[1]), int(x.shape[2])
     if heads == 1:
-        return x[:, None]
+        return x
     x = tf.reshape(x, [-1, length, heads, dim // heads])
     return tf.transpose(x, [0, 2, 1, 3])
 
 
 def _merge_heads(x: tf.Tensor, heads: int, dim: int) -> tf.Tensor:
     # [B, H, L, D / H] -> [B, L, D]
-    length = int(x.shape[2])
     if heads == 1:
-        return x[:, 0]
+        return x
+    length = int(x.shape[2])
     x = tf.transpose(x, [0, 2, 1, 3])
     return tf.reshape(x, [-1, length, dim])
 
 
-def _mean_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig) -> tf.Tensor:
+def _causal_mean(history: tf.Tensor, mask: tf.Tensor, length: int) -> tf.Tensor:
     # Causal masked mean as a matmul with a lower-triangular matrix: one float op that the
     # GPU delegate supports, unlike cumsum.
-    causal = _causal_mask(config.history_length)
+    causal = _causal_mask(length)
     summed = tf.matmul(causal[None], history * mask[:, :, None])
     counts = tf.matmul(causal[None], mask[:, :, None])
-    mean = summed / tf.maximum(counts, 1.0)
-    mean = tf_keras.layers.Dropout(config.dropout, name="mean_dropout")(mean)
-    projected = tf_keras.layers.Dense(config.embedding_dim, name="mean_projection")(mean)
-    return tf_keras.layers.LayerNormalization(epsilon=1e-6, name="output_norm")(projected)
+    return summed / tf.maximum(counts, 1.0)
+
+
+def _linear_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig) -> tf.Tensor:
+    # u = mean(history vectors) @ W: scores x·Q·W·Qᵀ / |x|, a low-rank item-item model
+    # in the dot-product form (training.closed_form fills Q and W).
+    mean = _causal_mean(history, mask, config.history_length)
+    return tf_keras.layers.Dense(config.embedding_dim, use_bias=False, name=LINEAR_PROJECTION)(mean)
+
+
+def _mean_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig) -> tf.Tensor:
+    mean = _causal_mean(history, mask, config.history_length)
+    mean = tf_keras.layers.Dropout(config.dropout, name=_MEAN_DROPOUT)(mean)
+    projected = tf_keras.layers.Dense(config.embedding_dim, name=_MEAN_PROJECTION)(mean)
+    return tf_keras.layers.LayerNormalization(epsilon=1e-6, name=_OUTPUT_NORM)(projected)
 
 
 def _gru_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig) -> tf.Tensor:
@@ -373,4 +423,4 @@ def _gru_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig) -> tf
     # items and needs no Keras mask (a bool mask breaks the GPU delegate).
     x = tf_keras.layers.Dropout(config.dropout, name="gru_dropout")(history * mask[:, :, None])
     x = tf_keras.layers.GRU(config.embedding_dim, return_sequences=True, unroll=True, name="gru")(x)
-    return tf_keras.layers.LayerNormalization(epsilon=1e-6, name="output_norm")(x)
+    return tf_keras.layers.LayerNormalization(epsilon=1e-6, name=_OUTPUT_NORM)(x)
