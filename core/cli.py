@@ -341,9 +341,10 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: TrainConfig)")
     parser.add_argument(
         "--objective",
-        choices=("auto", "sequence", "set"),
+        choices=("auto", "sequence", "set", "ease"),
         help="sequence: next item in time order; set: any held-out item of the user's "
-        "set, order ignored; auto (default): train both, keep the better on validation",
+        "set, order ignored; ease: a low-rank EASE solved in closed form; auto (default): "
+        "train all three, keep the best on validation",
     )
     parser.add_argument(
         "--encoder",

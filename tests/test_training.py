@@ -17,7 +17,7 @@ from _training_fixtures import (
 )
 
 from pocketrec.errors import DataError
-from pocketrec.evaluation import Popularity, evaluate
+from pocketrec.evaluation import EASE, Popularity, evaluate
 from pocketrec.sdk import Recommender, encode_histories, read_manifest
 from pocketrec.training import (
     ModelConfig,
@@ -244,14 +244,47 @@ def test_exported_bundle_scores_like_the_trained_model(
     assert "genre" in json.dumps(items)
 
 
-def test_auto_objective_trains_both_and_keeps_the_better_on_validation() -> None:
+def test_auto_objective_trains_every_objective_and_keeps_the_best_on_validation() -> None:
     model = train(tiny_split(), tiny_model_config(), tiny_train_config(objective="auto", epochs=2))
     candidates = model.train_config["objective_candidates"]
-    assert set(candidates) == {"sequence", "set"}
+    assert set(candidates) == {"sequence", "set", "ease"}
     chosen = max(candidates, key=candidates.get)
     assert model.best_valid_ndcg == candidates[chosen]
-    assert model.config.encoder == ("mean" if chosen == "set" else "attention")
+    encoders = {"sequence": "attention", "set": "mean", "ease": "linear"}
+    assert model.config.encoder == encoders[chosen]
     assert model.train_config["objective"] == chosen
+
+
+def test_ease_objective_at_full_rank_ranks_as_ease_does() -> None:
+    # With rank = catalog size and L = the longest history, the linear tower's scores are
+    # EASE's divided by the history length: the same ranking for every user.
+    split = tiny_split()
+    longest = max(len(items) for items in split.histories("test"))
+    config = tiny_model_config(embedding_dim=split.num_items, history_length=longest)
+    model = train(split, config, tiny_train_config(objective="ease"))
+    assert model.config.encoder == "linear"
+    ease = EASE()
+    ease.fit(split, l2=model.train_config["ease_l2"])
+    histories = split.histories("test")
+    expected = ease.score(histories) / np.array([[len(h)] for h in histories])
+    np.testing.assert_allclose(model.score(histories), expected, atol=2e-4)
+    assert evaluate(model.score_fn(), split, "valid").ndcg_at_10 == pytest.approx(
+        model.best_valid_ndcg
+    )
+    # The table is the orthonormal eigenbasis; the features were fitted into it.
+    table = model.item_vectors()
+    np.testing.assert_allclose(table.T @ table, np.eye(split.num_items), atol=1e-4)
+    features = model.feature_vectors(split.item_genres, split.titles)
+    assert np.abs(features).sum() > 0 and not np.allclose(features, table)
+
+
+def test_ease_objective_picks_rank_and_ridge_on_validation() -> None:
+    split = tiny_split()
+    model = train(split, tiny_model_config(), tiny_train_config(objective="ease"))
+    assert model.train_config["rank"] in (DIM // 4, DIM // 2, DIM)
+    assert model.config.embedding_dim == model.train_config["rank"]
+    assert model.cold_start_vector is not None
+    assert model.cold_start_vector.shape == (model.config.embedding_dim,)
 
 
 def test_seen_items_of_each_position_are_the_windows_items_up_to_it() -> None:

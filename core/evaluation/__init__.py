@@ -1,6 +1,7 @@
 """The shared evaluation protocol: split, full-ranking metrics, baselines, and queries."""
 
 from pocketrec.evaluation._baselines import (
+    DEFAULT_GRIDS,
     EASE,
     BaselineResult,
     BaselineSkipped,
@@ -8,6 +9,7 @@ from pocketrec.evaluation._baselines import (
     LastItem,
     Popularity,
     available_memory_bytes,
+    indicator_matrix,
     run_baselines,
     tune,
 )
@@ -17,6 +19,7 @@ from pocketrec.evaluation._report import TableRow, metrics_table
 from pocketrec.evaluation._split import Split, leave_last_out
 
 __all__ = [
+    "DEFAULT_GRIDS",
     "EASE",
     "QUERY_KINDS",
     "STOP_WORDS",
@@ -32,6 +35,7 @@ __all__ = [
     "available_memory_bytes",
     "content_words",
     "evaluate",
+    "indicator_matrix",
     "leave_last_out",
     "metrics_table",
     "run_baselines",

@@ -64,7 +64,7 @@ def _scipy_sparse() -> Any:
     return scipy.sparse
 
 
-def _rows_matrix(rows: Sequence[np.ndarray], num_items: int, dtype: type) -> Any:
+def indicator_matrix(rows: Sequence[np.ndarray], num_items: int, dtype: type) -> Any:
     """CSR [len(rows), num_items] with a 1 at each row's items (repeats count once)."""
     sparse = _scipy_sparse()
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
@@ -193,7 +193,7 @@ class ItemKNN:
                 f"{_gib(needed)}; the memory budget is {_gib(budget)}"
             )
         sparse = _scipy_sparse()
-        users_items = _rows_matrix(split.train, items, np.float64)
+        users_items = indicator_matrix(split.train, items, np.float64)
         items_users = users_items.T.tocsr()
         norms = np.sqrt(np.asarray(users_items.sum(axis=0)).ravel())
         # float64 similarity rows and the partition/mask temporaries: about 64 bytes a cell.
@@ -221,7 +221,7 @@ class ItemKNN:
         return dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
 
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
-        rows = _rows_matrix(histories, self._similarity.shape[0], np.float32)
+        rows = indicator_matrix(histories, self._similarity.shape[0], np.float32)
         return (rows @ self._similarity).toarray()
 
 
@@ -272,7 +272,7 @@ class EASE:
             self._fit_dual(split, l2)
 
     def _fit_dense(self, split: Split, l2: float) -> None:
-        users_items = _rows_matrix(split.train, split.num_items, np.float32)
+        users_items = indicator_matrix(split.train, split.num_items, np.float32)
         weights = np.zeros((split.num_items, split.num_items), dtype=np.float32)
         _fill_in_chunks(weights, users_items.T.tocsr(), users_items)
         weights[np.diag_indices_from(weights)] += l2
@@ -282,7 +282,7 @@ class EASE:
         self._weights, self._dual = weights, None
 
     def _fit_dual(self, split: Split, l2: float) -> None:
-        users_items = _rows_matrix(split.train, split.num_items, np.float64)
+        users_items = indicator_matrix(split.train, split.num_items, np.float64)
         items_users = users_items.T.tocsr()
         kernel = np.zeros((split.num_users, split.num_users), dtype=np.float64)
         _fill_in_chunks(kernel, users_items, items_users)
@@ -303,15 +303,26 @@ class EASE:
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
         if self._dual is None:
             assert self._weights is not None
-            rows = _rows_matrix(histories, len(self._weights), np.float32)
+            rows = indicator_matrix(histories, len(self._weights), np.float32)
             return np.asarray(rows @ self._weights)
-        kernel, users_items, items_users, scaled_diagonal = self._dual
-        rows = _rows_matrix(histories, users_items.shape[1], np.float64)
+        rows = indicator_matrix(histories, self._dual[1].shape[1], np.float64)
+        return self._dual_product(rows, rows.toarray()).astype(np.float32)
+
+    def transform(self, rows: np.ndarray) -> np.ndarray:
+        """``rows @ B`` for dense float rows ``[R, items]`` (``score`` is this for 0/1 rows)."""
+        if self._dual is None:
+            assert self._weights is not None
+            return np.asarray(rows, dtype=np.float64) @ self._weights
+        dense = np.asarray(rows, dtype=np.float64)
+        return self._dual_product(dense, dense)
+
+    def _dual_product(self, rows: Any, dense_rows: np.ndarray) -> np.ndarray:
+        kernel, _, items_users, scaled_diagonal = self._dual
         # r = x Xᵀ K⁻¹ X, so x P = (x - r) / l2 and score_j = x_j - (xP)_j / P_jj.
-        reconstructed = (items_users @ ((rows @ items_users).toarray() @ kernel).T).T
-        dense_rows = rows.toarray()
-        scores = dense_rows - (dense_rows - reconstructed) / scaled_diagonal[None, :]
-        return scores.astype(np.float32)
+        projected = rows @ items_users
+        projected = projected.toarray() if hasattr(projected, "toarray") else projected
+        reconstructed = (items_users @ (projected @ kernel).T).T
+        return dense_rows - (dense_rows - reconstructed) / scaled_diagonal[None, :]
 
 
 DEFAULT_GRIDS: dict[str, list[dict[str, Any]]] = {
