@@ -30,6 +30,7 @@ from pocketrec.training import (
     make_windows,
     title_word_ids,
     train,
+    user_tower_from_encoder,
 )
 
 
@@ -84,7 +85,7 @@ def test_configs_reject_an_unknown_objective_and_out_of_range_item_features() ->
         ModelConfig(title_words=0)
 
 
-@pytest.mark.parametrize("encoder", ["attention", "mean", "gru"])
+@pytest.mark.parametrize("encoder", ["attention", "mean", "gru", "linear"])
 def test_user_tower_gives_finite_vectors_for_empty_histories(encoder: str) -> None:
     tower = build_user_tower(tiny_model_config(encoder=encoder))
     history = np.zeros((3, HISTORY_LENGTH, DIM), np.float32)
@@ -94,7 +95,20 @@ def test_user_tower_gives_finite_vectors_for_empty_histories(encoder: str) -> No
     assert np.isfinite(vectors).all()
 
 
-@pytest.mark.parametrize("encoder", ["attention", "mean", "gru"])
+@pytest.mark.parametrize("encoder", ["attention", "mean", "gru", "linear"])
+def test_user_tower_is_the_encoders_last_position(encoder: str) -> None:
+    # The mean and linear towers pool the window directly instead of slicing the causal
+    # encoder; both must give the same vector.
+    encoder_model = build_sequence_encoder(tiny_model_config(encoder=encoder))
+    tower = user_tower_from_encoder(encoder_model)
+    history, mask = random_inputs(HISTORY_LENGTH + 1, HISTORY_LENGTH, DIM)
+    inputs = {"history": history, "mask": mask}
+    np.testing.assert_allclose(
+        np.asarray(tower(inputs)), np.asarray(encoder_model(inputs))[:, -1], atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("encoder", ["attention", "mean", "gru", "linear"])
 def test_encoder_output_at_a_position_ignores_later_items(encoder: str) -> None:
     encoder_model = build_sequence_encoder(tiny_model_config(encoder=encoder))
     history, mask = random_inputs(4, HISTORY_LENGTH, DIM)

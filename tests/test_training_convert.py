@@ -150,7 +150,7 @@ def test_int8_weight_scales_per_channel_or_per_tensor(per_channel: bool) -> None
     assert np.abs(output - keras_vectors(tower(), history, mask)).mean() < 0.35
 
 
-@pytest.mark.parametrize("encoder", ["mean", "gru"])
+@pytest.mark.parametrize("encoder", ["mean", "gru", "linear"])
 def test_other_encoders_convert_and_match_keras(encoder: str) -> None:
     model = build_user_tower(tiny_model_config(encoder=encoder))
     history, mask = random_inputs(5, 8, 16)
