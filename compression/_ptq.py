@@ -57,12 +57,14 @@ def post_training_quantize(
 
 
 def representative_histories(
-    split: Split, table: ItemTable, history_length: int, *, samples: int = 200, seed: int = 0
+    split: Split, table: ItemTable, history_length: int, *, samples: int = 1000, seed: int = 0
 ) -> RepresentativeData:
     """Calibration samples for ``"int8"``: real users' histories encoded from ``table``.
 
     The vectors come from the table that ships, so the ranges calibrated are the ones the
-    device feeds. Users are drawn without replacement (all of them when fewer).
+    device feeds. Users are drawn without replacement (all of them when fewer). On ML-100K
+    calibrating on all 943 users instead of 200 took the int8 + int8-table bundle's
+    validation NDCG@10 change from -0.7/-1.0/-2.2 % to -0.8/+0.9/-0.6 % (seeds 0/1/2).
 
     Returns:
         A callable yielding ``{"history": float32 [1, L, D], "mask": float32 [1, L]}``.
