@@ -379,6 +379,14 @@ class Bundle:
         # A free-form manifest field changes no file: every digest stays valid.
         manifest = copy.deepcopy(self._manifest)
         manifest[key] = _jsonable(dict(value))
+        return self._replaced(
+            manifest, text_index=self._text_index, search_tower=self._search_tower
+        )
+
+    def _replaced(
+        self, manifest: dict[str, Any], *, text_index: bytes | None, search_tower: bytes | None
+    ) -> Bundle:
+        """This bundle's model, table and items under ``manifest``, with these optional files."""
         return Bundle(
             manifest,
             self._model,
@@ -386,8 +394,8 @@ class Bundle:
             self._items,
             source=self._source,
             items_json=self._items_json,
-            text_index=self._text_index,
-            search_tower=self._search_tower,
+            text_index=text_index,
+            search_tower=search_tower,
         )
 
     def with_items(
@@ -465,16 +473,7 @@ class Bundle:
         if index is not None:
             files[TEXT_INDEX_FILE] = hashlib.sha256(index).hexdigest()
         manifest["files"] = dict(sorted(files.items()))
-        return Bundle(
-            manifest,
-            self._model,
-            self._table,
-            self._items,
-            source=self._source,
-            items_json=self._items_json,
-            text_index=index,
-            search_tower=self._search_tower,
-        )
+        return self._replaced(manifest, text_index=index, search_tower=self._search_tower)
 
     def with_search_tower(
         self,
@@ -527,16 +526,7 @@ class Bundle:
             files[SEARCH_TOWER_FILE] = hashlib.sha256(model).hexdigest()
         manifest["search"] = search
         manifest["files"] = dict(sorted(files.items()))
-        return Bundle(
-            manifest,
-            self._model,
-            self._table,
-            self._items,
-            source=self._source,
-            items_json=self._items_json,
-            text_index=self._text_index,
-            search_tower=model,
-        )
+        return self._replaced(manifest, text_index=self._text_index, search_tower=model)
 
     def files(self) -> dict[str, bytes]:
         """Every file of the bundle, ``manifest.json`` included: ``{file name: bytes}``."""
