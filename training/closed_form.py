@@ -27,7 +27,15 @@ import numpy as np
 import tf_keras
 
 from pocketrec import _log
-from pocketrec.evaluation import DEFAULT_GRIDS, EASE, ScoreFn, Split, evaluate, indicator_matrix
+from pocketrec.evaluation import (
+    DEFAULT_GRIDS,
+    EASE,
+    Metrics,
+    ScoreFn,
+    Split,
+    evaluate,
+    indicator_matrix,
+)
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.cold_start import cold_start_vector
 from pocketrec.training.model import (
@@ -74,23 +82,26 @@ def fit_low_rank_ease(
     ranks = sorted({max(1, max_rank // 4), max(1, max_rank // 2), max_rank})
     length = model_config.history_length
     ease = EASE()
-    best: tuple[float, float, int, np.ndarray] | None = None
+    best: tuple[Metrics, float, int, np.ndarray] | None = None
     for params in DEFAULT_GRIDS["ease"]:
         l2 = float(params["l2"])
         ease.fit(split, l2=l2)
         projected = ease.transform(basis.T)  # Qᵀ·B, [max_rank, N]
         for rank in ranks:
             weights = projected[:rank] @ basis[:, :rank]
-            ndcg = evaluate(_scorer(basis[:, :rank], weights, length), split, "valid").ndcg_at_10
-            _log.LOGGER.debug("low-rank ease l2 %g rank %d: valid ndcg@10 %.4f", l2, rank, ndcg)
-            if best is None or ndcg > best[0]:
-                best = (ndcg, l2, rank, weights)
+            metrics = evaluate(_scorer(basis[:, :rank], weights, length), split, "valid")
+            _log.LOGGER.debug(
+                "low-rank ease l2 %g rank %d: valid ndcg@10 %.4f", l2, rank, metrics.ndcg_at_10
+            )
+            if best is None or metrics.ndcg_at_10 > best[0].ndcg_at_10:
+                best = (metrics, l2, rank, weights)
     assert best is not None
-    ndcg, l2, rank, weights = best
-    _log.LOGGER.info("low-rank ease: l2 %g, rank %d, valid ndcg@10 %.4f", l2, rank, ndcg)
+    valid, l2, rank, weights = best
+    _log.LOGGER.info(
+        "low-rank ease: l2 %g, rank %d, valid ndcg@10 %.4f", l2, rank, valid.ndcg_at_10
+    )
     config = dataclasses.replace(model_config, encoder="linear", embedding_dim=rank)
     trained = _assemble(split, config, basis[:, :rank], weights)
-    valid = evaluate(trained.score_fn(), split, "valid")
     trained.history.append(
         {"epoch": 1, **{f"valid/{k}": v for k, v in valid.as_dict().items() if k != "users"}}
     )

@@ -189,7 +189,7 @@ def train(
     if train_config.objective == "ease":
         return fit_low_rank_ease(
             split,
-            dataclasses.replace(model_config, encoder="linear"),
+            model_config,
             seed=train_config.seed,
             train_config={**train_config.to_dict(), "softmax": "none (closed form)"},
         )

@@ -306,23 +306,18 @@ class EASE:
             rows = indicator_matrix(histories, len(self._weights), np.float32)
             return np.asarray(rows @ self._weights)
         rows = indicator_matrix(histories, self._dual[1].shape[1], np.float64)
-        return self._dual_product(rows, rows.toarray()).astype(np.float32)
+        return self.transform(rows.toarray()).astype(np.float32)
 
     def transform(self, rows: np.ndarray) -> np.ndarray:
         """``rows @ B`` for dense float rows ``[R, items]`` (``score`` is this for 0/1 rows)."""
         if self._dual is None:
             assert self._weights is not None
-            return np.asarray(rows, dtype=np.float64) @ self._weights
-        dense = np.asarray(rows, dtype=np.float64)
-        return self._dual_product(dense, dense)
-
-    def _dual_product(self, rows: Any, dense_rows: np.ndarray) -> np.ndarray:
+            return np.asarray(rows, dtype=self._weights.dtype) @ self._weights
         kernel, _, items_users, scaled_diagonal = self._dual
+        dense = np.asarray(rows, dtype=np.float64)
         # r = x Xᵀ K⁻¹ X, so x P = (x - r) / l2 and score_j = x_j - (xP)_j / P_jj.
-        projected = rows @ items_users
-        projected = projected.toarray() if hasattr(projected, "toarray") else projected
-        reconstructed = (items_users @ (projected @ kernel).T).T
-        return dense_rows - (dense_rows - reconstructed) / scaled_diagonal[None, :]
+        reconstructed = (items_users @ ((dense @ items_users) @ kernel).T).T
+        return dense - (dense - reconstructed) / scaled_diagonal[None, :]
 
 
 DEFAULT_GRIDS: dict[str, list[dict[str, Any]]] = {
