@@ -359,6 +359,13 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-baselines", action="store_true", help="skip training and tuning the baselines"
     )
+    parser.add_argument(
+        "--tune",
+        type=_minutes,
+        metavar="MINUTES",
+        help="after the default training, try other settings of the winning objective "
+        "while MINUTES last and keep the best on validation",
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -376,7 +383,14 @@ def _train(args: argparse.Namespace) -> int:
     print(f"data: {printable(interactions.summary())}")
     split = leave_last_out(interactions)
     print("split:\n" + textwrap.indent(split.describe(), "  "))
-    run = run_training(split, model_config, train_config, out, baselines=not args.no_baselines)
+    run = run_training(
+        split,
+        model_config,
+        train_config,
+        out,
+        baselines=not args.no_baselines,
+        tune_seconds=None if args.tune is None else 60 * args.tune,
+    )
     print(metrics_table(run.table_rows(f"pocketrec ({run.trained.config.encoder})")))
     print(f"best epoch {run.trained.best_epoch}; model: {run.model_dir}")
     print(f"tensorboard --logdir {run.tensorboard_dir}")
@@ -1026,6 +1040,17 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
         "(default: the one --seed); latency is measured for the first seed only",
     )
     parser.add_argument("--no-baselines", action="store_true")
+
+
+def _minutes(text: str) -> float:
+    """``"2.5"`` -> 2.5, for `--tune`: a number of minutes, 0 or more."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not minutes >= 0:
+        raise argparse.ArgumentTypeError(f"expected minutes >= 0, got {text!r}")
+    return minutes
 
 
 def _seed_list(text: str) -> tuple[int, ...]:

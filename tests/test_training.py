@@ -20,6 +20,7 @@ from pocketrec.errors import DataError
 from pocketrec.evaluation import EASE, Popularity, evaluate
 from pocketrec.sdk import Recommender, encode_histories, read_manifest
 from pocketrec.training import (
+    SEARCH_SPACE,
     ModelConfig,
     TrainConfig,
     TrainedModel,
@@ -30,6 +31,7 @@ from pocketrec.training import (
     make_windows,
     title_word_ids,
     train,
+    tune,
     user_tower_from_encoder,
 )
 
@@ -311,3 +313,37 @@ def test_seen_items_of_each_position_are_the_windows_items_up_to_it() -> None:
     assert {(0, 4), (1, 4), (1, 7), (2, 4), (2, 7), (2, 9)} <= pairs
     assert (0, 7) not in pairs and (3, 3) in pairs and (7, 2) in pairs and (3, 5) not in pairs
     assert len(pairs) == 6 + 15
+
+
+def test_tune_with_no_budget_is_the_default_training() -> None:
+    split = tiny_split()
+    config = tiny_train_config(epochs=1)
+    tuned = tune(split, 0.0, tiny_model_config(), config)
+    plain = train(split, tiny_model_config(), config)
+    (trial,) = tuned.train_config["tune"]["trials"]
+    assert trial["changes"] == {}
+    assert trial["valid_ndcg@10"] == pytest.approx(plain.best_valid_ndcg)
+    np.testing.assert_allclose(tuned.item_vectors(), plain.item_vectors(), atol=1e-6)
+
+
+def test_tune_keeps_the_best_trial_on_validation() -> None:
+    split = tiny_split()
+    model = tune(split, 20.0, tiny_model_config(), tiny_train_config(epochs=1))
+    trials = model.train_config["tune"]["trials"]
+    assert len(trials) >= 2
+    changes = [json.dumps(trial["changes"], sort_keys=True) for trial in trials]
+    assert len(set(changes)) == len(changes)
+    best = max(trials, key=lambda trial: trial["valid_ndcg@10"])
+    assert model.best_valid_ndcg == pytest.approx(best["valid_ndcg@10"])
+    for name, value in best["changes"].items():
+        assert name in SEARCH_SPACE["sequence"]
+        field = name.removeprefix("train.")
+        kept = (
+            model.train_config[field] if name.startswith("train.") else getattr(model.config, field)
+        )
+        assert kept == value
+
+
+def test_tune_refuses_a_negative_budget() -> None:
+    with pytest.raises(ValueError, match="budget_seconds >= 0"):
+        tune(tiny_split(), -1.0)

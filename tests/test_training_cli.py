@@ -69,3 +69,25 @@ def test_train_then_export_writes_a_bundle_the_sdk_opens(tmp_path: Path) -> None
 def test_export_reports_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "--model", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
     assert "not a saved pocketrec model" in capsys.readouterr().err
+
+
+def test_train_with_tune_records_its_trials_in_the_saved_model(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--synthetic", "60", "--synthetic-items", "40", "--out", str(run)]
+    args += ["--objective", "sequence", "--epochs", "1", "--dim", "8", "--history-length", "6"]
+    assert main([*args, "--tune", "0.3", "--quiet", "--no-baselines"]) == 0
+    document = json.loads((run / "model" / "model.json").read_text())
+    tuned = document["train_config"]["tune"]
+    assert tuned["budget_seconds"] == pytest.approx(18.0)
+    assert tuned["trials"][0]["changes"] == {}
+    assert len(tuned["trials"]) >= 2
+    trial_runs = sorted(path.name for path in (run / "tensorboard").glob("trial-*"))
+    assert trial_runs == [f"trial-{n}" for n in range(1, len(tuned["trials"]))]
+
+
+def test_train_refuses_a_negative_tune_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--synthetic", "60", "--out", "unused", "--tune", "-1"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "expected minutes >= 0, got '-1'" in capsys.readouterr().err

@@ -19,11 +19,13 @@ from pocketrec.training.model import (
     user_tower_from_encoder,
 )
 from pocketrec.training.pipeline import TrainingRun, run_training
+from pocketrec.training.tuning import SEARCH_SPACE, tune
 
 __all__ = [
     "ENCODERS",
     "LOSSES",
     "OBJECTIVES",
+    "SEARCH_SPACE",
     "ModelConfig",
     "TrainConfig",
     "TrainedModel",
@@ -38,6 +40,7 @@ __all__ = [
     "title_word_ids",
     "to_tflite",
     "train",
+    "tune",
     "user_tower_from_encoder",
     "user_tower_shape",
 ]

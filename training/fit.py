@@ -351,13 +351,16 @@ def _train_every_objective(
         "ease": (ease_candidate(model_config), "ease"),
     }
     trained: dict[str, TrainedModel] = {}
+    seconds: dict[str, float] = {}
     for name, (model_candidate, objective) in candidates.items():
         _log.LOGGER.info("objective %s (%s encoder) ...", name, model_candidate.encoder)
         candidate_config = dataclasses.replace(train_config, objective=objective)
+        started = time.monotonic()
         try:
             trained[name] = train(split, model_candidate, candidate_config, progress)
         except BaselineSkipped as skipped:
             _log.LOGGER.warning("objective %s skipped: %s", name, skipped)
+        seconds[name] = round(time.monotonic() - started, 1)
     best_valid = {name: model.best_valid_ndcg for name, model in trained.items()}
     chosen = max(best_valid, key=lambda name: best_valid[name])
     _log.LOGGER.info(
@@ -367,6 +370,7 @@ def _train_every_objective(
     )
     model = trained[chosen]
     model.train_config["objective_candidates"] = best_valid
+    model.train_config["objective_seconds"] = seconds
     return model
 
 

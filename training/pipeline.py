@@ -25,6 +25,7 @@ from pocketrec.training._trained import TrainedModel
 from pocketrec.training.export import export_bundle
 from pocketrec.training.fit import TrainConfig, train
 from pocketrec.training.model import ModelConfig
+from pocketrec.training.tuning import tune
 
 MODEL_SUBDIR = "model"
 TENSORBOARD_SUBDIR = "tensorboard"
@@ -87,12 +88,14 @@ def run_training(
     *,
     baselines: bool = True,
     bundle: bool = False,
+    tune_seconds: float | None = None,
 ) -> TrainingRun:
     """Trains on ``split``, evaluates beside the baselines, saves the run, maybe exports it.
 
     TensorBoard logs go to ``out_dir/tensorboard`` whatever ``train_config.tensorboard_dir``
     says: a run directory keeps its layout. The baselines run first (they are quick and
-    say what the model must beat).
+    say what the model must beat). With ``tune_seconds``, `pocketrec.training.tune`
+    searches settings on validation for that long after the default training.
 
     Raises:
         ValueError: bad settings.
@@ -105,7 +108,11 @@ def run_training(
     if baselines:
         LOGGER.info("baselines (tuned on validation) ...")
         results = run_baselines(split)
-    trained = train(split, model_config, train_config)
+    trained = (
+        train(split, model_config, train_config)
+        if tune_seconds is None
+        else tune(split, tune_seconds, model_config, train_config)
+    )
     trained.save(out / MODEL_SUBDIR)
     valid = evaluate(trained.score, split, "valid")
     test = evaluate(trained.score, split, "test")
