@@ -344,6 +344,21 @@ def test_tune_keeps_the_best_trial_on_validation() -> None:
         assert kept == value
 
 
-def test_tune_refuses_a_negative_budget() -> None:
+def test_tune_skips_settings_the_configs_refuse_and_stops_when_the_space_is_done() -> None:
+    # Three heads do not divide D 32: that proposal is skipped, 48 trains, and then no
+    # untried proposal is left however long the budget.
+    config = tiny_model_config(embedding_dim=24, num_heads=3)
+    model = tune(
+        tiny_split(), 3600.0, config, tiny_train_config(epochs=1), {"embedding_dim": (32, 48)}
+    )
+    trials = model.train_config["tune"]["trials"]
+    assert [trial["changes"] for trial in trials] == [{}, {"embedding_dim": 48}]
+
+
+def test_tune_refuses_a_negative_budget_and_unknown_settings() -> None:
     with pytest.raises(ValueError, match="budget_seconds >= 0"):
         tune(tiny_split(), -1.0)
+    with pytest.raises(ValueError, match=r"unknown settings \['train.epoch'\]"):
+        tune(tiny_split(), 0.0, space={"train.epoch": (1, 2)})
+    with pytest.raises(ValueError, match=r"settings \['dropout'\] in space have no values"):
+        tune(tiny_split(), 0.0, space={"dropout": ()})

@@ -54,13 +54,15 @@ def tune(
     budget_seconds: float,
     model_config: ModelConfig | None = None,
     train_config: TrainConfig | None = None,
+    space: dict[str, tuple[Any, ...]] | None = None,
 ) -> TrainedModel:
     """Trains as `train` does, then tries variants of the winner while the budget lasts.
 
     The first trial is ``train(split, model_config, train_config)`` whatever the budget
     (with ``objective="auto"``: all three objectives), so the result is never worse on
     validation than the defaults. A further trial starts only when the time spent plus the
-    slowest trial of its objective so far fits in ``budget_seconds``.
+    slowest trial of its objective so far fits in ``budget_seconds``. ``space`` (setting ->
+    values, named as in `SEARCH_SPACE`) replaces the winning objective's search space.
 
     Returns:
         The best model on validation NDCG@10. Its ``train_config["tune"]`` records the
@@ -68,16 +70,28 @@ def tune(
         first trial's, validation NDCG@10, seconds).
 
     Raises:
-        ValueError: a negative budget or bad settings.
+        ValueError: a negative budget, bad settings, or a setting of ``space`` that names
+            no config field.
     """
     if budget_seconds < 0:
         raise ValueError(f"expected budget_seconds >= 0, got {budget_seconds}")
     model_config = model_config if model_config is not None else ModelConfig()
     train_config = train_config if train_config is not None else TrainConfig()
+    unknown = [name for name in space or {} if not _is_field(name)]
+    if unknown:
+        raise ValueError(
+            f"unknown settings {unknown} in space: expected ModelConfig fields or "
+            f"'{_TRAIN_PREFIX}' + a TrainConfig field"
+        )
+    empty = [name for name, values in (space or {}).items() if not values]
+    if empty:
+        raise ValueError(f"settings {empty} in space have no values to try")
     started = time.monotonic()
     best = first = train(split, model_config, train_config)
     objective = best.train_config["objective"]
-    first_model, first_train = best.config, _train_config_of(best, train_config)
+    # With "auto", the trials train the winning objective alone.
+    first_model = best.config
+    first_train = dataclasses.replace(train_config, objective=objective)
     trials: list[dict[str, Any]] = [
         {
             "objective": objective,
@@ -86,13 +100,14 @@ def tune(
             "seconds": round(time.monotonic() - started, 1),
         }
     ]
+    space = space or SEARCH_SPACE[objective]
     rng = np.random.default_rng(train_config.seed)
     tried = {_key({})}
     # With "auto" the first trial trained every objective: its winner's own time is the
     # estimate until a trial of it has run.
     slowest = best.train_config.get("objective_seconds", {}).get(objective, trials[0]["seconds"])
     while time.monotonic() - started + slowest <= budget_seconds:
-        changes = _propose(best_changes(trials), first_model, first_train, rng, tried)
+        changes = _propose(_best_changes(trials), space, first_model, first_train, rng, tried)
         if changes is None:
             break
         LOGGER.info("tune: trial %d, %s ...", len(trials), _describe(changes))
@@ -130,44 +145,46 @@ def tune(
         "tune: %d trials in %.0f s; kept %s (valid ndcg@10 %.4f)",
         len(trials),
         time.monotonic() - started,
-        _describe(best_changes(trials)),
+        _describe(_best_changes(trials)),
         best.best_valid_ndcg,
     )
     return best
 
 
-def best_changes(trials: list[dict[str, Any]]) -> dict[str, Any]:
+def _best_changes(trials: list[dict[str, Any]]) -> dict[str, Any]:
     """The settings changed by the trial with the best validation NDCG@10 (first wins ties)."""
     best = max(range(len(trials)), key=lambda i: (trials[i]["valid_ndcg@10"], -i))
     return dict(trials[best]["changes"])
 
 
-def _train_config_of(model: TrainedModel, requested: TrainConfig) -> TrainConfig:
-    # The winner's own objective: with "auto", trials train that objective alone.
-    return dataclasses.replace(requested, objective=model.train_config["objective"])
-
-
 def _propose(
     incumbent: dict[str, Any],
+    space: dict[str, tuple[Any, ...]],
     model_config: ModelConfig,
     train_config: TrainConfig,
     rng: np.random.Generator,
     tried: set[tuple[tuple[str, Any], ...]],
 ) -> dict[str, Any] | None:
     """One or two settings of ``incumbent`` moved to other values, as changes from the
-    first trial's configs; None when no untried proposal turned up."""
-    space = SEARCH_SPACE[train_config.objective]
+    first trial's configs; None when no untried valid proposal turned up (a proposal
+    the configs refuse, such as a D the heads do not divide, counts as tried)."""
     names = sorted(space)
     for _ in range(_DRAWS):
         changes = dict(incumbent)
-        for name in rng.choice(names, size=int(rng.integers(1, 3)), replace=False):
+        count = min(len(names), int(rng.integers(1, 3)))
+        for name in rng.choice(names, size=count, replace=False):
             values = space[str(name)]
             changes[str(name)] = values[int(rng.integers(len(values)))]
         changes = {k: v for k, v in changes.items() if v != _value(k, model_config, train_config)}
         key = _key(changes)
-        if key not in tried:
-            tried.add(key)
-            return changes
+        if key in tried:
+            continue
+        tried.add(key)
+        try:
+            _apply(changes, model_config, train_config)
+        except ValueError:
+            continue
+        return changes
     return None
 
 
@@ -188,6 +205,12 @@ def _value(name: str, model_config: ModelConfig, train_config: TrainConfig) -> A
     if name.startswith(_TRAIN_PREFIX):
         return getattr(train_config, name[len(_TRAIN_PREFIX) :])
     return getattr(model_config, name)
+
+
+def _is_field(name: str) -> bool:
+    config = TrainConfig if name.startswith(_TRAIN_PREFIX) else ModelConfig
+    fields = {field.name for field in dataclasses.fields(config)}
+    return name.removeprefix(_TRAIN_PREFIX) in fields
 
 
 def _key(changes: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
