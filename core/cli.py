@@ -344,7 +344,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         choices=("auto", "sequence", "set", "ease"),
         help="sequence: next item in time order; set: any held-out item of the user's "
         "set, order ignored; ease: a low-rank EASE solved in closed form; auto (default): "
-        "train all three, keep the best on validation",
+        "train sequence and ease (set when ease cannot run), keep the best on validation",
     )
     parser.add_argument(
         "--encoder",

@@ -260,15 +260,26 @@ def test_exported_bundle_scores_like_the_trained_model(
     assert "genre" in json.dumps(items)
 
 
-def test_auto_objective_trains_every_objective_and_keeps_the_best_on_validation() -> None:
+def test_auto_objective_trains_sequence_and_ease_and_keeps_the_best_on_validation() -> None:
     model = train(tiny_split(), tiny_model_config(), tiny_train_config(objective="auto", epochs=2))
     candidates = model.train_config["objective_candidates"]
-    assert set(candidates) == {"sequence", "set", "ease"}
+    assert set(candidates) == {"sequence", "ease"}
+    assert set(model.train_config["objective_seconds"]) == {"sequence", "ease"}
     chosen = max(candidates, key=candidates.get)
     assert model.best_valid_ndcg == candidates[chosen]
     encoders = {"sequence": "attention", "set": "mean", "ease": "linear"}
     assert model.config.encoder == encoders[chosen]
     assert model.train_config["objective"] == chosen
+
+
+def test_auto_objective_trains_the_set_model_when_ease_cannot_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No memory for EASE: the set model is the order-free candidate instead.
+    monkeypatch.setattr("pocketrec.evaluation._baselines.MEMORY_SHARE", 0.0)
+    model = train(tiny_split(), tiny_model_config(), tiny_train_config(objective="auto", epochs=1))
+    assert set(model.train_config["objective_candidates"]) == {"sequence", "set"}
+    assert set(model.train_config["objective_seconds"]) == {"sequence", "ease", "set"}
 
 
 def test_ease_objective_at_full_rank_ranks_as_ease_does() -> None:

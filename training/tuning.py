@@ -59,7 +59,7 @@ def tune(
     """Trains as `train` does, then tries variants of the winner while the budget lasts.
 
     The first trial is ``train(split, model_config, train_config)`` whatever the budget
-    (with ``objective="auto"``: all three objectives), so the result is never worse on
+    (with ``objective="auto"``: every objective it trains), so the result is never worse on
     validation than the defaults. A further trial starts only when the time spent plus the
     slowest trial of its objective so far fits in ``budget_seconds``. ``space`` (setting ->
     values, named as in `SEARCH_SPACE`) replaces the winning objective's search space.
