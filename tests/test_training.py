@@ -373,3 +373,5 @@ def test_tune_refuses_a_negative_budget_and_unknown_settings() -> None:
         tune(tiny_split(), 0.0, space={"train.epoch": (1, 2)})
     with pytest.raises(ValueError, match=r"settings \['dropout'\] in space have no values"):
         tune(tiny_split(), 0.0, space={"dropout": ()})
+    with pytest.raises(ValueError, match="space has no settings"):
+        tune(tiny_split(), 0.0, space={})

@@ -77,15 +77,8 @@ def tune(
         raise ValueError(f"expected budget_seconds >= 0, got {budget_seconds}")
     model_config = model_config if model_config is not None else ModelConfig()
     train_config = train_config if train_config is not None else TrainConfig()
-    unknown = [name for name in space or {} if not _is_field(name)]
-    if unknown:
-        raise ValueError(
-            f"unknown settings {unknown} in space: expected ModelConfig fields or "
-            f"'{_TRAIN_PREFIX}' + a TrainConfig field"
-        )
-    empty = [name for name, values in (space or {}).items() if not values]
-    if empty:
-        raise ValueError(f"settings {empty} in space have no values to try")
+    if space is not None:
+        _check_space(space)
     started = time.monotonic()
     best = first = train(split, model_config, train_config)
     objective = best.train_config["objective"]
@@ -100,11 +93,11 @@ def tune(
             "seconds": round(time.monotonic() - started, 1),
         }
     ]
-    space = space or SEARCH_SPACE[objective]
+    space = space if space is not None else SEARCH_SPACE[objective]
     rng = np.random.default_rng(train_config.seed)
     tried = {_key({})}
-    # With "auto" the first trial trained every objective: its winner's own time is the
-    # estimate until a trial of it has run.
+    # With "auto" the first trial trained more than one objective: the winner's own time
+    # is the estimate until a trial of it has run.
     slowest = best.train_config.get("objective_seconds", {}).get(objective, trials[0]["seconds"])
     while time.monotonic() - started + slowest <= budget_seconds:
         changes = _propose(_best_changes(trials), space, first_model, first_train, rng, tried)
@@ -205,6 +198,20 @@ def _value(name: str, model_config: ModelConfig, train_config: TrainConfig) -> A
     if name.startswith(_TRAIN_PREFIX):
         return getattr(train_config, name[len(_TRAIN_PREFIX) :])
     return getattr(model_config, name)
+
+
+def _check_space(space: dict[str, tuple[Any, ...]]) -> None:
+    if not space:
+        raise ValueError("space has no settings to search; pass None for SEARCH_SPACE")
+    unknown = [name for name in space if not _is_field(name)]
+    if unknown:
+        raise ValueError(
+            f"unknown settings {unknown} in space: expected ModelConfig fields or "
+            f"'{_TRAIN_PREFIX}' + a TrainConfig field"
+        )
+    empty = [name for name, values in space.items() if not values]
+    if empty:
+        raise ValueError(f"settings {empty} in space have no values to try")
 
 
 def _is_field(name: str) -> bool:
