@@ -98,20 +98,21 @@ def tune(
     tried = {_key({})}
     # With "auto" the first trial trained more than one objective: the winner's own time
     # is the estimate until a trial of it has run.
-    slowest = best.train_config.get("objective_seconds", {}).get(objective, trials[0]["seconds"])
-    while time.monotonic() - started + slowest <= budget_seconds:
-        changes = _propose(_best_changes(trials), space, first_model, first_train, rng, tried)
-        if changes is None:
+    first_estimate = first.train_config.get("objective_seconds", {}).get(
+        objective, trials[0]["seconds"]
+    )
+    while time.monotonic() - started + _slowest(trials, first_estimate) <= budget_seconds:
+        proposal = _propose(_best_changes(trials), space, first_model, first_train, rng, tried)
+        if proposal is None:
             break
+        changes, candidate_model, candidate_train = proposal
         LOGGER.info("tune: trial %d, %s ...", len(trials), _describe(changes))
         trial_started = time.monotonic()
-        candidate_model, candidate_train = _apply(changes, first_model, first_train)
         if candidate_train.tensorboard_dir:  # one TensorBoard run per trial
             trial_dir = Path(candidate_train.tensorboard_dir) / f"trial-{len(trials)}"
             candidate_train = dataclasses.replace(candidate_train, tensorboard_dir=str(trial_dir))
         model = train(split, candidate_model, candidate_train)
         seconds = time.monotonic() - trial_started
-        slowest = seconds if len(trials) == 1 else max(slowest, seconds)
         trials.append(
             {
                 "objective": objective,
@@ -144,6 +145,11 @@ def tune(
     return best
 
 
+def _slowest(trials: list[dict[str, Any]], first_estimate: float) -> float:
+    """The longest search trial so far (trial 0 aside), else ``first_estimate``."""
+    return max((trial["seconds"] for trial in trials[1:]), default=first_estimate)
+
+
 def _best_changes(trials: list[dict[str, Any]]) -> dict[str, Any]:
     """The settings changed by the trial with the best validation NDCG@10 (first wins ties)."""
     best = max(range(len(trials)), key=lambda i: (trials[i]["valid_ndcg@10"], -i))
@@ -157,10 +163,11 @@ def _propose(
     train_config: TrainConfig,
     rng: np.random.Generator,
     tried: set[tuple[tuple[str, Any], ...]],
-) -> dict[str, Any] | None:
-    """One or two settings of ``incumbent`` moved to other values, as changes from the
-    first trial's configs; None when no untried valid proposal turned up (a proposal
-    the configs refuse, such as a D the heads do not divide, counts as tried)."""
+) -> tuple[dict[str, Any], ModelConfig, TrainConfig] | None:
+    """One or two settings of ``incumbent`` moved to other values: the changes from the
+    first trial's configs and the configs they give. None when no untried valid proposal
+    turned up (a proposal the configs refuse, such as a D the heads do not divide, counts
+    as tried)."""
     names = sorted(space)
     for _ in range(_DRAWS):
         changes = dict(incumbent)
@@ -174,30 +181,28 @@ def _propose(
             continue
         tried.add(key)
         try:
-            _apply(changes, model_config, train_config)
+            return (changes, *_apply(changes, model_config, train_config))
         except ValueError:
             continue
-        return changes
     return None
 
 
 def _apply(
     changes: dict[str, Any], model_config: ModelConfig, train_config: TrainConfig
 ) -> tuple[ModelConfig, TrainConfig]:
-    model_changes = {k: v for k, v in changes.items() if not k.startswith(_TRAIN_PREFIX)}
-    train_changes = {
-        k[len(_TRAIN_PREFIX) :]: v for k, v in changes.items() if k.startswith(_TRAIN_PREFIX)
-    }
+    by_config: dict[bool, dict[str, Any]] = {False: {}, True: {}}
+    for name, value in changes.items():
+        of_train, field = _field(name)
+        by_config[of_train][field] = value
     return (
-        dataclasses.replace(model_config, **model_changes),
-        dataclasses.replace(train_config, **train_changes),
+        dataclasses.replace(model_config, **by_config[False]),
+        dataclasses.replace(train_config, **by_config[True]),
     )
 
 
 def _value(name: str, model_config: ModelConfig, train_config: TrainConfig) -> Any:
-    if name.startswith(_TRAIN_PREFIX):
-        return getattr(train_config, name[len(_TRAIN_PREFIX) :])
-    return getattr(model_config, name)
+    of_train, field = _field(name)
+    return getattr(train_config if of_train else model_config, field)
 
 
 def _check_space(space: dict[str, tuple[Any, ...]]) -> None:
@@ -215,9 +220,16 @@ def _check_space(space: dict[str, tuple[Any, ...]]) -> None:
 
 
 def _is_field(name: str) -> bool:
-    config = TrainConfig if name.startswith(_TRAIN_PREFIX) else ModelConfig
-    fields = {field.name for field in dataclasses.fields(config)}
-    return name.removeprefix(_TRAIN_PREFIX) in fields
+    of_train, field = _field(name)
+    config = TrainConfig if of_train else ModelConfig
+    return field in {known.name for known in dataclasses.fields(config)}
+
+
+def _field(name: str) -> tuple[bool, str]:
+    """(whether ``name`` is a TrainConfig setting, its field name)."""
+    if name.startswith(_TRAIN_PREFIX):
+        return True, name[len(_TRAIN_PREFIX) :]
+    return False, name
 
 
 def _key(changes: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
