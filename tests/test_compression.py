@@ -262,13 +262,14 @@ def test_sizes_shrink_with_the_formats(bundles: dict[str, CompressionResult]) ->
 
 
 def test_gpu_export_has_a_fixed_batch_and_a_graph_the_gpu_takes_whole(
-    bundles: dict[str, CompressionResult],
+    bundles: dict[str, CompressionResult], trained: TrainedModel
 ) -> None:
     result = bundles["gpu-float16"]
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_content=_model_bytes(result)).get_signature_runner("user_vector")
-    assert list(runner.get_input_details()["history"]["shape_signature"]) == [1, 8, 32]
+    shape = [1, 8, trained.config.table_dim]
+    assert list(runner.get_input_details()["history"]["shape_signature"]) == shape
     cover = result.accelerators
     assert cover.gpu_source == "static"
     assert cover.gpu_fully_accelerated

@@ -40,6 +40,8 @@ _ITEM_BATCH = 65_536
 class TrainedModel:
     """A trained dual encoder and what is needed to ship it.
 
+    ``D`` below is `ModelConfig.table_dim`: the embedding dim, twice it with follow vectors.
+
     Attributes:
         item_tower: tf_keras model, ``item`` int32 ``[B]`` -> float32 ``[B, D]``.
         encoder: tf_keras model, ``history`` ``[B, L, D]``, ``mask`` ``[B, L]`` -> the
@@ -103,11 +105,16 @@ class TrainedModel:
 
     @property
     def best_valid_ndcg(self) -> float:
-        """Validation NDCG@10 of the best epoch (what early stopping and ``auto`` compare)."""
+        """Validation NDCG@10 of the model as kept: the best epoch's, or with follow vectors
+        where `pocketrec.training.follow` added them (what ``auto`` and ``tune`` compare)."""
+        follow = self.train_config.get("follow_vectors")
+        if follow and follow["weight"]:
+            return float(follow["valid"]["ndcg@10"])
         return max((record["valid/ndcg@10"] for record in self.history), default=0.0)
 
     def item_vectors(self) -> np.ndarray:
-        """float32 ``[N, D]``: the item tower's output for every item row."""
+        """float32 ``[N, table_dim]``: the item tower's output for every item row (the
+        item table; ``2D`` columns with follow vectors, `ModelConfig.table_dim`)."""
         rows = [
             self.item_tower(
                 tf.range(start, min(start + _ITEM_BATCH, self.num_items)), training=False
@@ -117,15 +124,18 @@ class TrainedModel:
         return np.concatenate(rows).astype(np.float32, copy=False)
 
     def feature_vectors(self, item_genres: np.ndarray, titles: Sequence[str | None]) -> np.ndarray:
-        """float32 ``[B, D]``: item vectors from features alone (genre multi-hot, titles).
+        """float32 ``[B, table_dim]``: item vectors from features alone (genre multi-hot,
+        titles).
 
         What an item the model never saw gets; training drops id vectors
-        (``ModelConfig.id_dropout``) so that these land near the items they resemble.
+        (``ModelConfig.id_dropout``) so that these land near the items they resemble. Its
+        follow vector is zeros: nothing has followed it yet.
         """
         encoder = self.item_tower.get_layer("feature_encoder")
         genres = np.asarray(item_genres, dtype=np.float32).reshape(len(titles), -1)
         words = title_word_ids(titles, self.config)
-        return np.array(encoder({"genres": genres, "words": words}), dtype=np.float32)
+        vectors = np.array(encoder({"genres": genres, "words": words}), dtype=np.float32)
+        return np.pad(vectors, [(0, 0), (0, self.config.table_dim - vectors.shape[1])])
 
     def item_table(self) -> ItemTable:
         """The float32 `ItemTable` of `item_vectors`, as a bundle ships it before compression."""

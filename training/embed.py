@@ -20,6 +20,7 @@ import numpy as np
 from pocketrec.errors import DataError
 from pocketrec.sdk.catalog import read_items_jsonl
 from pocketrec.training._trained import TrainedModel
+from pocketrec.training.model import FOLLOW_VECTORS
 
 ID_EMBEDDING_LAYER = "item_embedding"
 
@@ -135,10 +136,19 @@ def _item_vectors(
     titles: list[str | None],
 ) -> np.ndarray:
     if not rows:
-        return np.zeros((0, trained.config.embedding_dim), np.float32)
+        return np.zeros((0, trained.config.table_dim), np.float32)
     vectors = trained.feature_vectors(np.stack(multi_hot), titles)
     embeddings = trained.item_tower.get_layer(ID_EMBEDDING_LAYER).get_weights()[0]
+    dim = trained.config.embedding_dim
+    # A known item keeps its follow vector; a new one has none (zeros) until retraining.
+    follow = (
+        trained.item_tower.get_layer(FOLLOW_VECTORS).get_weights()[0]
+        if trained.config.follow_window
+        else None
+    )
     for index, row in enumerate(rows):
         if row is not None:
-            vectors[index] += embeddings[row]
+            vectors[index, :dim] += embeddings[row]
+            if follow is not None:
+                vectors[index, dim:] = follow[row]
     return vectors

@@ -63,7 +63,8 @@ def export_bundle(
         out_dir: the bundle directory (replaced if it already holds a bundle).
         split: the split it was trained on, for item titles and genres (default: the
             metadata saved with the model).
-        metrics: recorded in the manifest (default: the best epoch's validation metrics).
+        metrics: recorded in the manifest (default: the best epoch's validation metrics, or the
+            model's with follow vectors).
         model_version: free text for the manifest (default: derived from the model bytes).
 
     Returns:
@@ -98,6 +99,9 @@ def export_bundle(
 
 
 def _best_valid_metrics(trained: TrainedModel) -> dict[str, Any]:
+    follow = trained.train_config.get("follow_vectors")
+    if follow and follow["weight"]:
+        return {"valid": follow["valid"]}
     for record in trained.history:
         if record.get("epoch") == trained.best_epoch:
             return {

@@ -30,6 +30,7 @@ from pocketrec.evaluation import BaselineSkipped, Metrics, Split, evaluate
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.closed_form import fit_low_rank_ease
 from pocketrec.training.cold_start import cold_start_vector
+from pocketrec.training.follow import fit_follow
 from pocketrec.training.model import (
     ModelConfig,
     build_item_tower,
@@ -76,6 +77,9 @@ class TrainConfig:
             ``"auto"``: train the sequence and EASE models (the set model in place of an
             EASE past the memory budget) and keep the best on validation, the set and
             EASE models wider and longer (`set_candidate`, `ease_candidate`).
+        follow: after next-item training (``objective="sequence"``), add follow vectors
+            where they gain on validation (`pocketrec.training.follow`; the fit sets
+            ``ModelConfig.follow_window``, whatever the given config says).
     """
 
     epochs: int = 40
@@ -93,6 +97,7 @@ class TrainConfig:
     progress: bool = True
     exclude_seen: bool = True
     objective: str = "auto"
+    follow: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` for a setting out of range."""
@@ -177,7 +182,7 @@ def train(
         PocketrecError: no training window (every user has a single train item) or a loss
             that stopped being finite.
     """
-    model_config = model_config if model_config is not None else ModelConfig()
+    model_config = dataclasses.replace(model_config or ModelConfig(), follow_window=0)
     train_config = train_config if train_config is not None else TrainConfig()
     train_config.validate()
     if train_config.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
@@ -303,6 +308,8 @@ def train(
     trained.item_tower.set_weights(best_weights[0])
     trained.encoder.set_weights(best_weights[1])
     trained.cold_start_vector = cold_start_vector(trained.item_vectors(), split.histories("test"))
+    if train_config.follow and train_config.objective == "sequence":
+        return fit_follow(trained, split)
     return trained
 
 

@@ -43,6 +43,7 @@ ITEM_EMBEDDING = "item_embedding"
 GENRE_PROJECTION = "genre_projection"
 TITLE_WORDS = "title_words"
 LINEAR_PROJECTION = "linear_projection"
+FOLLOW_VECTORS = "follow_vectors"
 _MEAN_DROPOUT = "mean_dropout"
 _MEAN_PROJECTION = "mean_projection"
 _OUTPUT_NORM = "output_norm"
@@ -71,6 +72,10 @@ class ModelConfig:
         title_words: at most this many distinct words of each title are read.
         id_dropout: during training, the share of items whose id vector is dropped, so
             that their features alone place them (what embeds new items).
+        follow_window: the user tower adds the *follow vectors* of this many most recent
+            history items (`pocketrec.training.follow`); 0: none. The follow fit sets it
+            after training; the table then carries the follow vectors as ``D`` more
+            columns that only the user tower reads (the user vector is zero there).
     """
 
     embedding_dim: int = 64
@@ -85,6 +90,7 @@ class ModelConfig:
     title_buckets: int = 2048
     title_words: int = 8
     id_dropout: float = 0.1
+    follow_window: int = 0
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -109,6 +115,21 @@ class ModelConfig:
                 raise ValueError(f"expected 0 <= {name} < 1, got {getattr(self, name)}")
         if self.title_buckets < 2:
             raise ValueError(f"expected title_buckets >= 2, got {self.title_buckets}")
+        if not 0 <= self.follow_window <= self.history_length:
+            raise ValueError(
+                f"expected 0 <= follow_window <= history_length ({self.history_length}), "
+                f"got {self.follow_window}"
+            )
+        if self.follow_window and self.encoder not in ("attention", "gru"):
+            raise ValueError(
+                f"follow vectors need a sequence encoder (attention or gru), got "
+                f"encoder={self.encoder!r} with follow_window={self.follow_window}"
+            )
+
+    @property
+    def table_dim(self) -> int:
+        """Columns of the item table: ``D``, and ``D`` more for the follow vectors."""
+        return self.embedding_dim * (2 if self.follow_window else 1)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values."""
@@ -267,7 +288,11 @@ def build_item_tower(
             ),
         }
     )
-    return tf_keras.Model(inputs=item, outputs=vector + feature_vector, name="item_tower")
+    vector = vector + feature_vector
+    if config.follow_window:
+        zeros = np.zeros((num_items, config.embedding_dim), np.float32)
+        vector = tf.concat([vector, _frozen_lookup(item, zeros, FOLLOW_VECTORS)], axis=-1)
+    return tf_keras.Model(inputs=item, outputs=vector, name="item_tower")
 
 
 def _frozen_lookup(item: tf.Tensor, rows: np.ndarray, name: str) -> tf.Tensor:
@@ -290,16 +315,19 @@ def build_sequence_encoder(config: ModelConfig) -> tf_keras.Model:
     user vector; :func:`user_tower_from_encoder` cuts the user tower out of it.
     """
     length, dim = config.history_length, config.embedding_dim
-    history = tf_keras.Input(shape=(length, dim), dtype=tf.float32, name="history")
+    history = tf_keras.Input(shape=(length, config.table_dim), dtype=tf.float32, name="history")
     mask = tf_keras.Input(shape=(length,), dtype=tf.float32, name="mask")
+    own = history[:, :, :dim] if config.follow_window else history
     if config.encoder == "attention":
-        sequence = _attention_encoder(history, mask, config)
+        sequence = _attention_encoder(own, mask, config)
     elif config.encoder == "mean":
-        sequence = _mean_encoder(history, mask, config)
+        sequence = _mean_encoder(own, mask, config)
     elif config.encoder == "linear":
-        sequence = _linear_encoder(history, mask, config)
+        sequence = _linear_encoder(own, mask, config)
     else:
-        sequence = _gru_encoder(history, mask, config)
+        sequence = _gru_encoder(own, mask, config)
+    if config.follow_window:
+        sequence = _add_follow(sequence, history[:, :, dim:], mask, config.follow_window)
     return tf_keras.Model(
         inputs={"history": history, "mask": mask}, outputs=sequence, name="sequence_encoder"
     )
@@ -367,6 +395,16 @@ def _attention_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig)
         h = _per_row(tf_keras.layers.Dense(dim, name=f"{name}_ffn_out"), h)
         x = x + tf_keras.layers.Dropout(config.dropout, name=f"{name}_ffn_dropout")(h)
     return tf_keras.layers.LayerNormalization(epsilon=1e-6, name=_OUTPUT_NORM)(x)
+
+
+def _add_follow(sequence: tf.Tensor, follow: tf.Tensor, mask: tf.Tensor, window: int) -> tf.Tensor:
+    # Position t adds the follow vectors of items t, t-1, ... (weights 1, 1/2, ...; the
+    # last-item baseline's) as a banded matmul, and gets zeros where the table's follow
+    # columns are, so that scores stay user vector . item vector.
+    length = int(sequence.shape[1])
+    band = sum(np.eye(length, k=-age, dtype=np.float32) * 0.5**age for age in range(window))
+    followed = tf.matmul(band[None], follow * mask[:, :, None])
+    return tf.pad(sequence + followed, [[0, 0], [0, 0], [0, int(sequence.shape[2])]])
 
 
 def _per_row(layer: tf_keras.layers.Layer, x: tf.Tensor) -> tf.Tensor:
