@@ -48,6 +48,7 @@ from pocketrec.compression._prune import (
     weight_sparsity,
 )
 from pocketrec.compression._ptq import (
+    calibration_user_vectors,
     post_training_quantize,
     quantize_table,
     representative_histories,
@@ -79,6 +80,7 @@ __all__ = [
     "Recipe",
     "accelerator_coverage",
     "auto_compress",
+    "calibration_user_vectors",
     "cluster",
     "compress",
     "default_candidates",

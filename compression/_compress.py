@@ -19,6 +19,7 @@ from pocketrec.compression._inspect import ModelInfo, inspect_model
 from pocketrec.compression._parts import ModelParts
 from pocketrec.compression._prune import prune, weight_sparsity
 from pocketrec.compression._ptq import (
+    calibration_user_vectors,
     post_training_quantize,
     quantize_table,
     representative_histories,
@@ -173,7 +174,14 @@ def compress(
     started = time.perf_counter()
     recipe = get_recipe(recipe)
     parts = apply_steps(checked_parts(source, split), recipe, split)
-    table = quantize_table(parts.item_vectors, recipe.table_dtype)
+    # int4 steps are coarse enough that clipping pays; int8 rows lost more than they gained
+    # (docs/compression.md).
+    users = (
+        calibration_user_vectors(parts.user_tower, parts.item_vectors, split)
+        if recipe.table_dtype == "int4"
+        else None
+    )
+    table = quantize_table(parts.item_vectors, recipe.table_dtype, users)
     representative = (
         representative_histories(split, table, parts.history_length)
         if recipe.quantization == "int8"

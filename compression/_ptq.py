@@ -69,12 +69,8 @@ def representative_histories(
     Returns:
         A callable yielding ``{"history": float32 [1, L, D], "mask": float32 [1, L]}``.
     """
-    histories = [h for h in split.histories("valid") if len(h)]
-    if not histories:
-        raise ValueError("the split has no non-empty history to calibrate int8 with")
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(histories), size=min(samples, len(histories)), replace=False)
-    history, mask = encode_histories(table, [histories[i] for i in chosen], history_length)
+    histories = _calibration_histories(split, samples, seed)
+    history, mask = encode_histories(table, histories, history_length)
 
     def samples_() -> Iterator[dict[str, np.ndarray]]:
         for row in range(history.shape[0]):
@@ -83,12 +79,43 @@ def representative_histories(
     return samples_
 
 
-def quantize_table(vectors: np.ndarray, dtype: str) -> ItemTable:
+def calibration_user_vectors(
+    user_tower: tf_keras.Model,
+    item_vectors: np.ndarray,
+    split: Split,
+    *,
+    samples: int = 1000,
+    seed: int = 0,
+) -> np.ndarray:
+    """The float user vectors ``[U, D]`` of the users `representative_histories` draws.
+
+    These are the users whose scores `quantize_table` keeps when it rounds the table.
+    """
+    history_length = int(user_tower.inputs[0].shape[1])
+    histories = _calibration_histories(split, samples, seed)
+    table = ItemTable.quantize(item_vectors, "float32")
+    history, mask = encode_histories(table, histories, history_length)
+    inputs = {HISTORY_INPUT: history, MASK_INPUT: mask}
+    return np.asarray(user_tower.predict(inputs, batch_size=256, verbose=0), dtype=np.float32)
+
+
+def _calibration_histories(split: Split, samples: int, seed: int) -> list[np.ndarray]:
+    histories = [h for h in split.histories("valid") if len(h)]
+    if not histories:
+        raise ValueError("the split has no non-empty history to calibrate int8 with")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(histories), size=min(samples, len(histories)), replace=False)
+    return [histories[i] for i in chosen]
+
+
+def quantize_table(vectors: np.ndarray, dtype: str, users: np.ndarray | None = None) -> ItemTable:
     """The item table as shipped: ``vectors`` float32 ``[N, D]`` stored as ``dtype``.
 
     ``"float32"``, ``"float16"``, ``"int8"`` or ``"int4"`` (row-wise symmetric with a
-    float16 scale per row; int4 packs two values a byte). This is the SDK's
-    ``ItemTable.quantize``, so scores computed here are the device's.
+    scale per row; int4 packs two values a byte). With ``users`` (int8/int4), each row's
+    scale keeps those users' scores (`calibration_user_vectors`; `compress` passes them
+    for int4 tables). This is the SDK's ``ItemTable.quantize``, so scores computed here
+    are the device's.
     """
     check_choice(dtype, TABLE_DTYPES, "table dtype")
-    return ItemTable.quantize(np.asarray(vectors, dtype=np.float32), dtype)
+    return ItemTable.quantize(np.asarray(vectors, dtype=np.float32), dtype, users=users)

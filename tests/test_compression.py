@@ -37,6 +37,7 @@ from pocketrec.compression import (
     Recipe,
     accelerator_coverage,
     auto_compress,
+    calibration_user_vectors,
     compress,
     evaluate_bundle,
     get_recipe,
@@ -145,7 +146,7 @@ def test_manifest_records_recipe_quantization_and_accelerator(
         ("float16", {"float16"}, {"float32", "int8"}, {"float32"}),
         ("int8", {"int8"}, {"float32", "float16"}, {"int8"}),
         ("qat+int8", {"int8"}, {"float32", "float16"}, {"int8"}),
-        ("pruned+int8", {"int8"}, {"float32", "float16"}, {"int8"}),
+        ("pruned+int8+int4-table", {"int8"}, {"float32", "float16"}, {"int8"}),
         ("clustered+int8", {"int8"}, {"float32", "float16"}, {"int8"}),
         ("gpu-float16", {"float16"}, {"float32", "int8"}, {"float32"}),
     ],
@@ -176,38 +177,55 @@ def test_full_integer_models_keep_no_float_kernels(bundles: dict[str, Compressio
 
 @pytest.mark.parametrize("table_dtype", ["float32", "float16", "int8", "int4"])
 def test_shipped_table_is_the_sdk_quantization_of_the_item_vectors(
-    bundles: dict[str, CompressionResult], trained: TrainedModel, table_dtype: str
+    bundles: dict[str, CompressionResult],
+    trained: TrainedModel,
+    parts: ModelParts,
+    split: Split,
+    table_dtype: str,
 ) -> None:
     name = {"float32": "int8", "float16": "float16", "int8": "int8+int8-table"}.get(
         table_dtype, "int8+int4-table"
     )
     shipped = _shipped_table(bundles[name])
-    expected = ItemTable.quantize(trained.item_vectors(), table_dtype)
+    # int4 tables keep the calibration users' scores (their scales are clipped to it).
+    calibration = (
+        calibration_user_vectors(parts.user_tower, trained.item_vectors(), split)
+        if table_dtype == "int4"
+        else None
+    )
+    expected = ItemTable.quantize(trained.item_vectors(), table_dtype, users=calibration)
     assert shipped.dtype == table_dtype
     np.testing.assert_array_equal(shipped.dequantized(), expected.dequantized())
     users = np.random.default_rng(0).normal(size=(3, shipped.dim)).astype(np.float32)
     np.testing.assert_allclose(
-        quantize_table(trained.item_vectors(), table_dtype).scores(users),
+        quantize_table(trained.item_vectors(), table_dtype, calibration).scores(users),
         shipped.scores(users),
         rtol=1e-5,
         atol=1e-6,
     )
 
 
-def test_pruned_recipe_reaches_its_sparsity_in_tower_and_shipped_table(
+def test_pruned_recipe_prunes_the_tower_and_ships_an_int4_table(
     bundles: dict[str, CompressionResult],
 ) -> None:
-    result = bundles["pruned+int8"]
-    pruning = RECIPES["pruned+int8"].pruning
+    result = bundles["pruned+int8+int4-table"]
+    pruning = RECIPES["pruned+int8+int4-table"].pruning
+    assert pruning is not None and not pruning.prune_item_table
     assert result.sparsity is not None
     tower = {k: v for k, v in result.sparsity.items() if k not in ("item_table", "overall")}
     assert tower
     assert min(tower.values()) >= pruning.target_sparsity - 0.005
-    assert result.sparsity["item_table"] >= pruning.item_table_sparsity - 0.005
-    # Row-wise int8 keeps zeros at zero: the table that ships is as sparse.
-    shipped = _shipped_table(result).dequantized()
-    assert np.mean(shipped == 0) >= pruning.item_table_sparsity - 0.005
     assert result.steps[0].startswith(f"prune({pruning.target_sparsity:g}")
+    assert _shipped_table(result).dtype == "int4"
+
+
+def test_pruning_without_the_table_leaves_it_as_trained(parts: ModelParts, split: Split) -> None:
+    config = PruningConfig(target_sparsity=0.5, prune_item_table=False)
+    pruned = prune(parts, config, split, FINE_TUNE)
+    np.testing.assert_array_equal(pruned.item_vectors, parts.item_vectors)
+    sparsity = weight_sparsity(pruned)
+    assert sparsity["item_table"] == np.mean(parts.item_vectors == 0)
+    assert min(v for k, v in sparsity.items() if k not in ("item_table", "overall")) >= 0.495
 
 
 def test_tower_and_table_reach_their_own_sparsity(parts: ModelParts, split: Split) -> None:
@@ -220,12 +238,12 @@ def test_tower_and_table_reach_their_own_sparsity(parts: ModelParts, split: Spli
     assert pruned.steps == ("prune(0.5, table 0.9)",)
 
 
-def test_pruned_bundle_is_smaller_gzipped_than_the_int8_bundle(
+def test_pruned_model_is_smaller_gzipped_than_the_int8_model(
     bundles: dict[str, CompressionResult],
 ) -> None:
-    pruned, dense = bundles["pruned+int8"].sizes, bundles["int8+int8-table"].sizes
-    assert pruned["table"]["gzip"] < dense["table"]["gzip"]
-    assert pruned["table"]["raw"] == dense["table"]["raw"]
+    pruned, dense = bundles["pruned+int8+int4-table"].sizes, bundles["int8+int4-table"].sizes
+    assert pruned["model"]["gzip"] < dense["model"]["gzip"]
+    assert pruned["model"]["raw"] == dense["model"]["raw"]
 
 
 def test_clustered_recipe_leaves_at_most_n_values_per_weight(

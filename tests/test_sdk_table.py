@@ -69,6 +69,44 @@ def test_integer_round_trip_error_is_at_most_half_a_step(dtype: str, levels: int
     np.testing.assert_array_equal(table.dequantized()[3], 0.0)
 
 
+# Coarse int4 steps gain most from clipping; int8's are fine already.
+@pytest.mark.parametrize(("dtype", "levels", "kept"), [("int8", 127, 0.99), ("int4", 7, 0.9)])
+def test_users_choose_scales_that_keep_their_scores(dtype: str, levels: int, kept: float) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_t(3, size=(300, 13)).astype(np.float32)  # heavy tails to clip
+    vectors[3] = 0.0
+    # Users concentrated on a few directions, as trained user vectors are.
+    users = (rng.standard_normal((500, 4)) @ rng.standard_normal((4, 13))).astype(np.float32)
+    plain = ItemTable.quantize(vectors, dtype)
+    fitted = ItemTable.quantize(vectors, dtype, users=users)
+
+    def score_errors(table: ItemTable) -> np.ndarray:
+        return ((users @ (table.dequantized() - vectors).T) ** 2).sum(axis=0)
+
+    # Each row's candidates include the unclipped scale (float16 rounding aside).
+    assert (score_errors(fitted) <= score_errors(plain) * (1 + 1e-3) + 1e-6).all()
+    assert score_errors(fitted).sum() < kept * score_errors(plain).sum()
+    assert (fitted.scales <= plain.scales).all()
+    assert (fitted.scales >= plain.scales * np.float16(0.5) * (1 - 1e-3)).all()
+    assert (fitted.scales < plain.scales).any()
+    np.testing.assert_array_equal(fitted.dequantized()[3], 0.0)
+    nonzero = fitted.scales > 0
+    steps = fitted.dequantized()[nonzero] / fitted.scales[nonzero, None].astype(np.float32)
+    assert np.abs(np.round(steps)).max() <= levels
+
+
+def test_users_are_checked() -> None:
+    vectors = _vectors()
+    with pytest.raises(ValueError, match="float16 table has none"):
+        ItemTable.quantize(vectors, "float16", users=np.ones((2, 13)))
+    with pytest.raises(ValueError, match=r"expected users \[U >= 1, 13\]"):
+        ItemTable.quantize(vectors, "int8", users=np.ones((2, 5)))
+    with pytest.raises(ValueError, match=r"expected users \[U >= 1, 13\]"):
+        ItemTable.quantize(vectors, "int8", users=np.ones((0, 13)))
+    with pytest.raises(ValueError, match="users contain NaN"):
+        ItemTable.quantize(vectors, "int4", users=np.full((2, 13), np.nan))
+
+
 def test_float16_round_trip_error_is_within_half_precision() -> None:
     vectors = _vectors()
     error = np.abs(ItemTable.quantize(vectors, "float16").dequantized() - vectors)
