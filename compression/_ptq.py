@@ -20,7 +20,7 @@ from pocketrec.sdk.contract import (
     RepresentativeData,
     check_choice,
 )
-from pocketrec.training.convert import to_tflite
+from pocketrec.training.convert import to_tflite, user_tower_shape
 
 
 def post_training_quantize(
@@ -91,7 +91,7 @@ def calibration_user_vectors(
 
     These are the users whose scores `quantize_table` keeps when it rounds the table.
     """
-    history_length = int(user_tower.inputs[0].shape[1])
+    history_length, _ = user_tower_shape(user_tower)
     histories = _calibration_histories(split, samples, seed)
     table = ItemTable.quantize(item_vectors, "float32")
     history, mask = encode_histories(table, histories, history_length)

@@ -151,10 +151,7 @@ class ItemTable:
         if users is not None:
             scales = _clipped_scales(vectors, scales, levels, users)
         scales = _stored_scales(scales)
-        # All-zero rows keep scale 0 and values 0 instead of dividing by zero.
-        factors = scales.astype(np.float32)
-        divisor = np.where(factors > 0, factors, np.float32(1.0))[:, None]
-        q = np.clip(np.rint(vectors / divisor), -levels, levels).astype(np.int8)
+        q = _rounded(vectors, scales.astype(np.float32), levels).astype(np.int8)
         if dtype == "int8":
             return cls(q, dtype=dtype, dim=dim, scales=scales)
         return cls(_pack_int4(q), dtype=dtype, dim=dim, scales=scales)
@@ -359,6 +356,15 @@ def _finite_matrix(array: np.ndarray, name: str, fix: str) -> np.ndarray:
     return array
 
 
+def _rounded(vectors: np.ndarray, scales: np.ndarray, levels: int) -> np.ndarray:
+    """``vectors`` in steps of their row's scale, within ``[-levels, levels]``.
+
+    All-zero rows keep scale 0 and values 0 instead of dividing by zero.
+    """
+    divisor = np.where(scales > 0, scales, np.float32(1.0))[:, None]
+    return np.clip(np.rint(vectors / divisor), -levels, levels)
+
+
 # Candidate scales, as fractions of max|row| / levels.
 _CLIPPINGS = np.linspace(1.0, 0.5, 26, dtype=np.float32)
 
@@ -382,9 +388,7 @@ def _clipped_scales(
         least = np.full(rows.shape[0], np.inf, dtype=np.float32)
         for clipping in _CLIPPINGS:
             candidate = full * clipping
-            divisor = np.where(candidate > 0, candidate, np.float32(1.0))[:, None]
-            q = np.clip(np.rint(rows / divisor), -levels, levels)
-            error = q * candidate[:, None] - rows
+            error = _rounded(rows, candidate, levels) * candidate[:, None] - rows
             cost = np.einsum("nd,nd->n", error @ moment, error)
             better = cost < least
             least[better] = cost[better]
