@@ -257,7 +257,8 @@ def fine_tune(
     training windows when ``parts`` has an encoder, else at the last one; the items already
     in the window are not candidates, as in training (``TrainConfig.exclude_seen``). ``callbacks``
     (e.g. tfmot's ``UpdatePruningStep``) get ``on_train_begin``, ``on_train_batch_begin``
-    per step and ``on_epoch_end``.
+    per step and ``on_epoch_end``. Like training, it turns on TensorFlow's op determinism
+    for the rest of the process.
 
     Returns:
         The fine-tuning model (``table`` and ``network`` inside it, trained in place).
@@ -266,6 +267,9 @@ def fine_tune(
     model = build_fine_tune_model(network, table, parts.history_length)
     all_items = tf.range(parts.num_items)
     tf.random.set_seed(config.seed)
+    # Deterministic kernels sum in another order than the default ones: without them a
+    # fresh process and one that trained first would fine-tune to different weights.
+    tf.config.experimental.enable_op_determinism()
     optimizer = tf_keras.optimizers.Adam(config.learning_rate)
 
     window = tf.TensorSpec([None, parts.history_length], tf.int32)

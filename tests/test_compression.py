@@ -238,6 +238,39 @@ def test_tower_and_table_reach_their_own_sparsity(parts: ModelParts, split: Spli
     assert pruned.steps == ("prune(0.5, table 0.9)",)
 
 
+_FINE_TUNE_IN_A_FRESH_PROCESS = """
+import sys
+from pocketrec.compression import FineTuneConfig, PruningConfig, model_parts, prune
+from pocketrec.data import synthetic
+from pocketrec.evaluation import leave_last_out
+split = leave_last_out(synthetic(num_users={users}, num_items={items}, seed={seed}))
+config = FineTuneConfig(steps={steps}, batch_size={batch_size})
+pruned = prune(model_parts(sys.argv[1]), PruningConfig(0.5, prune_item_table=False), split, config)
+print(b"".join(w.tobytes() for w in pruned.network.get_weights()).hex())
+"""
+
+
+def test_fine_tuning_gives_the_same_weights_in_a_fresh_process_as_after_training(
+    trained: TrainedModel, split: Split, tmp_path: Path
+) -> None:
+    # Training (the `trained` fixture, here) turns on TensorFlow's deterministic kernels,
+    # which sum in another order: `pocketrec compress` in a fresh process must still
+    # reproduce the bundles of a run that trained first (the bench).
+    trained.save(tmp_path / "model")
+    code = _FINE_TUNE_IN_A_FRESH_PROCESS.format(
+        users=USERS, items=ITEMS, seed=SEED, steps=FINE_TUNE.steps, batch_size=FINE_TUNE.batch_size
+    )
+    fresh = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
+    config = PruningConfig(0.5, prune_item_table=False)
+    here = prune(model_parts(tmp_path / "model"), config, split, FINE_TUNE)
+    assert fresh == b"".join(w.tobytes() for w in here.network.get_weights()).hex()
+
+
 def test_pruned_model_is_smaller_gzipped_than_the_int8_model(
     bundles: dict[str, CompressionResult],
 ) -> None:
