@@ -54,6 +54,7 @@ def cluster(
     options = {
         "number_of_clusters": config.num_clusters,
         "cluster_centroids_init": tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS,
+        "preserve_sparsity": config.preserve_sparsity,
     }
 
     def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:

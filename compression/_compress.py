@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from pocketrec.compression._ptq import (
 from pocketrec.compression._qat import quantization_aware
 from pocketrec.compression._recipes import Recipe, get_recipe
 from pocketrec.evaluation import Metrics, Split, evaluate
-from pocketrec.sdk import Bundle, Recommender
+from pocketrec.sdk import Bundle, ItemTable, Recommender
 from pocketrec.training.export import cold_start_extra, items_metadata
 
 if TYPE_CHECKING:
@@ -146,6 +146,20 @@ def apply_steps(parts: ModelParts, recipe: Recipe, split: Split) -> ModelParts:
     return parts
 
 
+def shipped_table(parts: ModelParts, recipe: Recipe, split: Split) -> ItemTable:
+    """``parts``' item vectors stored as ``recipe.table_dtype``.
+
+    int4 rows keep the scores of ``parts``' calibration users (their steps are coarse
+    enough that clipping pays; int8 rows lost more than they gained, docs/compression.md).
+    """
+    users = (
+        calibration_user_vectors(parts.user_tower, parts.item_vectors, split)
+        if recipe.table_dtype == "int4"
+        else None
+    )
+    return quantize_table(parts.item_vectors, recipe.table_dtype, users)
+
+
 def compress(
     source: TrainedModel | ModelParts | str | Path,
     recipe: str | Recipe,
@@ -157,6 +171,9 @@ def compress(
     model_version: str | None = None,
 ) -> CompressionResult:
     """Applies ``recipe`` to ``source`` and writes a bundle the SDK opens.
+
+    A recipe that fine-tunes without training the table (`Recipe.trains_table`) tunes
+    the tower against the table as it will ship, and ships that table.
 
     Args:
         source: a ``TrainedModel``, its saved run directory, or `ModelParts`.
@@ -173,15 +190,13 @@ def compress(
     """
     started = time.perf_counter()
     recipe = get_recipe(recipe)
-    parts = apply_steps(checked_parts(source, split), recipe, split)
-    # int4 steps are coarse enough that clipping pays; int8 rows lost more than they gained
-    # (docs/compression.md).
-    users = (
-        calibration_user_vectors(parts.user_tower, parts.item_vectors, split)
-        if recipe.table_dtype == "int4"
-        else None
-    )
-    table = quantize_table(parts.item_vectors, recipe.table_dtype, users)
+    parts = checked_parts(source, split)
+    if recipe.fine_tunes and not recipe.trains_table:
+        # Fine-tune against the table as it ships: the tower learns to read and score the
+        # rounded vectors the device holds (re-quantizing them later changes nothing).
+        parts = replace(parts, item_vectors=shipped_table(parts, recipe, split).dequantized())
+    parts = apply_steps(parts, recipe, split)
+    table = shipped_table(parts, recipe, split)
     representative = (
         representative_histories(split, table, parts.history_length)
         if recipe.quantization == "int8"

@@ -89,11 +89,15 @@ class ClusteringConfig:
         cluster_item_table: also cluster the item table (its N x D values share
             ``num_clusters`` centroids, which gzip well and survive row-wise int8).
         min_weights: layers with fewer weights stay unclustered.
+        preserve_sparsity: keep the zeros of an earlier pruning step (tfmot's
+            sparsity-preserving clustering): zeros stay zero and the other values share
+            the clusters, so a pruned kernel also gzips its fewer distinct values.
     """
 
     num_clusters: int = 16
     cluster_item_table: bool = True
     min_weights: int = 256
+    preserve_sparsity: bool = False
 
     def __post_init__(self) -> None:
         if self.num_clusters < 2:

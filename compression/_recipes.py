@@ -62,6 +62,11 @@ class Recipe:
                 "GPU delegates compute in float: accelerator='gpu' needs quantization "
                 f"'float16' or 'float32', got {self.quantization!r}"
             )
+        if self.pruning and self.clustering and not self.clustering.preserve_sparsity:
+            raise ValueError(
+                "clustering after pruning moves the pruned zeros to the nearest cluster: "
+                "set ClusteringConfig(preserve_sparsity=True)"
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"expected batch_size >= 1 or None, got {self.batch_size}")
 
@@ -69,6 +74,14 @@ class Recipe:
     def fine_tunes(self) -> bool:
         """Whether the recipe trains (pruning, clustering or QAT) before converting."""
         return bool(self.pruning or self.clustering or self.quantization_aware)
+
+    @property
+    def trains_table(self) -> bool:
+        """Whether a step changes the item table (pruning or clustering it)."""
+        return bool(
+            (self.pruning and self.pruning.prune_item_table)
+            or (self.clustering and self.clustering.cluster_item_table)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description."""

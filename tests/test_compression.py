@@ -29,6 +29,7 @@ from _compression_fixtures import (
 from pocketrec.compression import (
     RECIPES,
     AcceleratorReport,
+    ClusteringConfig,
     CompressionResult,
     FineTuneConfig,
     ModelParts,
@@ -38,6 +39,7 @@ from pocketrec.compression import (
     accelerator_coverage,
     auto_compress,
     calibration_user_vectors,
+    cluster,
     compress,
     evaluate_bundle,
     get_recipe,
@@ -48,6 +50,7 @@ from pocketrec.compression import (
     quantization_aware,
     quantize_table,
     representative_histories,
+    unique_weight_counts,
     weight_sparsity,
 )
 from pocketrec.compression._auto import REPORT_JSON, REPORT_MARKDOWN
@@ -175,18 +178,21 @@ def test_full_integer_models_keep_no_float_kernels(bundles: dict[str, Compressio
         assert info.weight_dtypes.get("float32", 0) == 0, name
 
 
-@pytest.mark.parametrize("table_dtype", ["float32", "float16", "int8", "int4"])
-def test_shipped_table_is_the_sdk_quantization_of_the_item_vectors(
+@pytest.mark.parametrize(
+    "name",
+    ["int8", "float16", "int8+int8-table", "int8+int4-table", "pruned+int8+int4-table", "qat+int8"],
+)
+def test_shipped_table_is_the_sdk_quantization_of_the_trained_item_vectors(
     bundles: dict[str, CompressionResult],
     trained: TrainedModel,
     parts: ModelParts,
     split: Split,
-    table_dtype: str,
+    name: str,
 ) -> None:
-    name = {"float32": "int8", "float16": "float16", "int8": "int8+int8-table"}.get(
-        table_dtype, "int8+int4-table"
-    )
+    # A recipe that fine-tunes the tower against a frozen table ships the table the
+    # trained model would: fine-tuning reads it as shipped and leaves it so.
     shipped = _shipped_table(bundles[name])
+    table_dtype = RECIPES[name].table_dtype
     # int4 tables keep the calibration users' scores (their scales are clipped to it).
     calibration = (
         calibration_user_vectors(parts.user_tower, trained.item_vectors(), split)
@@ -290,6 +296,26 @@ def test_clustered_recipe_leaves_at_most_n_values_per_weight(
     shipped = _shipped_table(result)
     per_row = [np.unique(row).size for row in shipped.dequantized()]
     assert max(per_row) <= clusters
+
+
+@pytest.mark.parametrize("preserve_sparsity", [True, False])
+def test_clustering_a_pruned_tower_keeps_its_zeros_only_when_asked(
+    parts: ModelParts, split: Split, preserve_sparsity: bool
+) -> None:
+    pruned = prune(parts, PruningConfig(0.5, prune_item_table=False), split, FINE_TUNE)
+    config = ClusteringConfig(
+        num_clusters=4, cluster_item_table=False, preserve_sparsity=preserve_sparsity
+    )
+    clustered = cluster(pruned, config, split, FINE_TUNE)
+    before, after = weight_sparsity(pruned), weight_sparsity(clustered)
+    tower = [name for name in before if name not in ("item_table", "overall")]
+    assert tower
+    kept = [after[name] >= before[name] for name in tower]
+    assert all(kept) if preserve_sparsity else not all(kept)
+    if preserve_sparsity:
+        counts = unique_weight_counts(clustered)
+        # The zeros and at most four shared values.
+        assert max(counts[name] for name in tower) <= config.num_clusters + 1
 
 
 def test_quantization_aware_recipe_learns_int8_ranges(
@@ -439,6 +465,7 @@ def test_pruning_config_refuses_values_out_of_range(changes: dict[str, float]) -
         ({"quantization_aware": True}, "needs quantization='int8'"),
         ({"accelerator": "gpu", "quantization": "int8"}, "compute in float"),
         ({"accelerator": "npu"}, "accelerator"),
+        ({"pruning": PruningConfig(), "clustering": ClusteringConfig()}, "preserve_sparsity"),
     ],
 )
 def test_inconsistent_recipes_are_refused(changes: dict[str, object], message: str) -> None:
