@@ -191,12 +191,15 @@ def compress(
     started = time.perf_counter()
     recipe = get_recipe(recipe)
     parts = checked_parts(source, split)
-    if recipe.fine_tunes and not recipe.trains_table:
-        # Fine-tune against the table as it ships: the tower learns to read and score the
-        # rounded vectors the device holds (re-quantizing them later changes nothing).
-        parts = replace(parts, item_vectors=shipped_table(parts, recipe, split).dequantized())
-    parts = apply_steps(parts, recipe, split)
-    table = shipped_table(parts, recipe, split)
+    if recipe.trains_table:
+        parts = apply_steps(parts, recipe, split)
+        table = shipped_table(parts, recipe, split)
+    else:
+        # Quantized before any fine-tuning, which then learns to read and score the
+        # rounded vectors the device holds; the table ships as it is.
+        table = shipped_table(parts, recipe, split)
+        if recipe.fine_tunes:
+            parts = apply_steps(replace(parts, item_vectors=table.dequantized()), recipe, split)
     representative = (
         representative_histories(split, table, parts.history_length)
         if recipe.quantization == "int8"
