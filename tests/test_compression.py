@@ -81,6 +81,12 @@ def weights_before(parts: ModelParts) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
+def half_pruned(parts: ModelParts, split: Split) -> ModelParts:
+    """The tower pruned to 50 %, the table left as trained."""
+    return prune(parts, PruningConfig(0.5, prune_item_table=False), split, FINE_TUNE)
+
+
+@pytest.fixture(scope="module")
 def bundles(
     parts: ModelParts,
     weights_before: list[np.ndarray],
@@ -225,11 +231,11 @@ def test_pruned_recipe_prunes_the_tower_and_ships_an_int4_table(
     assert _shipped_table(result).dtype == "int4"
 
 
-def test_pruning_without_the_table_leaves_it_as_trained(parts: ModelParts, split: Split) -> None:
-    config = PruningConfig(target_sparsity=0.5, prune_item_table=False)
-    pruned = prune(parts, config, split, FINE_TUNE)
-    np.testing.assert_array_equal(pruned.item_vectors, parts.item_vectors)
-    sparsity = weight_sparsity(pruned)
+def test_pruning_without_the_table_leaves_it_as_trained(
+    parts: ModelParts, half_pruned: ModelParts
+) -> None:
+    np.testing.assert_array_equal(half_pruned.item_vectors, parts.item_vectors)
+    sparsity = weight_sparsity(half_pruned)
     assert sparsity["item_table"] == np.mean(parts.item_vectors == 0)
     assert min(v for k, v in sparsity.items() if k not in ("item_table", "overall")) >= 0.495
 
@@ -300,14 +306,13 @@ def test_clustered_recipe_leaves_at_most_n_values_per_weight(
 
 @pytest.mark.parametrize("preserve_sparsity", [True, False])
 def test_clustering_a_pruned_tower_keeps_its_zeros_only_when_asked(
-    parts: ModelParts, split: Split, preserve_sparsity: bool
+    half_pruned: ModelParts, split: Split, preserve_sparsity: bool
 ) -> None:
-    pruned = prune(parts, PruningConfig(0.5, prune_item_table=False), split, FINE_TUNE)
     config = ClusteringConfig(
         num_clusters=4, cluster_item_table=False, preserve_sparsity=preserve_sparsity
     )
-    clustered = cluster(pruned, config, split, FINE_TUNE)
-    before, after = weight_sparsity(pruned), weight_sparsity(clustered)
+    clustered = cluster(half_pruned, config, split, FINE_TUNE)
+    before, after = weight_sparsity(half_pruned), weight_sparsity(clustered)
     tower = [name for name in before if name not in ("item_table", "overall")]
     assert tower
     kept = [after[name] >= before[name] for name in tower]

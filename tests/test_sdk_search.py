@@ -316,7 +316,7 @@ def test_bench_search_scores_the_queries_a_search_log_holds(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_ml100k(ml100k, tmp_path_factory) -> tuple[Path, object]:
-    """A bundle of the attention model trained on MovieLens 100K (10 epochs), and its split."""
+    """A bundle of the attention model trained on MovieLens 100K (5 epochs), and its split."""
     from pocketrec.data import load
     from pocketrec.evaluation import leave_last_out
     from pocketrec.training import ModelConfig, TrainConfig, run_training
@@ -326,7 +326,7 @@ def trained_ml100k(ml100k, tmp_path_factory) -> tuple[Path, object]:
     run = run_training(
         split,
         ModelConfig(),
-        TrainConfig(epochs=10, progress=False, objective="sequence"),
+        TrainConfig(epochs=5, progress=False, objective="sequence"),
         out,
         baselines=False,
         bundle=True,
