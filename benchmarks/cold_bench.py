@@ -103,7 +103,8 @@ def new_users(trained: Any, split: Split) -> dict[str, dict[str, float]]:
 
 def _empty_history_vector(trained: Any) -> np.ndarray:
     """The user tower's own output for an all-zero mask (what bundles had before)."""
-    length, dim = trained.config.history_length, trained.config.embedding_dim
+    # The tower reads the table's rows: 2 D wide when the model kept follow vectors.
+    length, dim = trained.config.history_length, trained.config.table_dim
     history = np.zeros((1, length, dim), np.float32)
     mask = np.zeros((1, length), np.float32)
     return np.asarray(trained.user_tower({"history": history, "mask": mask}))[0]

@@ -34,6 +34,7 @@ from pocketrec.training import (
     tune,
     user_tower_from_encoder,
 )
+from pocketrec.training.item_features import RIDGE_GRID
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +310,7 @@ def test_ease_objective_picks_rank_and_ridge_on_validation() -> None:
     split = tiny_split()
     model = train(split, tiny_model_config(), tiny_train_config(objective="ease"))
     assert model.train_config["rank"] in (DIM // 4, DIM // 2, DIM)
+    assert model.train_config["feature_ridge"] in RIDGE_GRID
     assert model.config.embedding_dim == model.train_config["rank"]
     assert model.cold_start_vector is not None
     assert model.cold_start_vector.shape == (model.config.embedding_dim,)

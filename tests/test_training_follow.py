@@ -112,6 +112,17 @@ def test_a_model_with_follow_vectors_saves_loads_and_ships(
     assert manifest["metrics"]["valid"]["ndcg@10"] == followed.best_valid_ndcg
 
 
+def test_the_cold_bench_ranks_new_users_of_a_model_with_follow_vectors(
+    followed: TrainedModel,
+) -> None:
+    from pocketrec.benchmarks.cold_bench import new_users
+
+    split = tiny_split()
+    rankings = new_users(followed, split)
+    assert set(rankings) == {"model, empty history", "cold-start vector", "popularity"}
+    assert {metrics["targets"] for metrics in rankings.values()} == {int(np.sum(split.test >= 0))}
+
+
 def test_follow_vectors_need_a_sequence_encoder_and_fit_the_history() -> None:
     with pytest.raises(ValueError, match="need a sequence encoder"):
         ModelConfig(encoder="mean", follow_window=3)

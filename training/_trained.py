@@ -56,7 +56,8 @@ class TrainedModel:
         cold_start_vector: float32 ``[D]``, the user vector of a user with no known history
             (`pocketrec.training.cold_start`); None when not fitted.
         train_config: the `TrainConfig` as a dict, plus ``"softmax"``: ``"full"`` or
-            ``"sampled"``, the loss that was used.
+            ``"sampled"``, the loss that was used, and ``"feature_ridge"``: the strength
+            of the features part's refit (`pocketrec.training.item_features`).
     """
 
     def __init__(
@@ -127,9 +128,10 @@ class TrainedModel:
         """float32 ``[B, table_dim]``: item vectors from features alone (genre multi-hot,
         titles).
 
-        What an item the model never saw gets; training drops id vectors
-        (``ModelConfig.id_dropout``) so that these land near the items they resemble. Its
-        follow vector is zeros: nothing has followed it yet.
+        What an item the model never saw gets: after training, the features part is a
+        ridge regression from the features to the trained vectors
+        (`pocketrec.training.item_features`), so these land near the items they resemble.
+        Its follow vector is zeros: nothing has followed it yet.
         """
         encoder = self.item_tower.get_layer("feature_encoder")
         genres = np.asarray(item_genres, dtype=np.float32).reshape(len(titles), -1)

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tf_keras
 
 from pocketrec import _log
 from pocketrec.evaluation import (
@@ -38,11 +37,9 @@ from pocketrec.evaluation import (
 )
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.cold_start import cold_start_vector
+from pocketrec.training.item_features import fit_item_features
 from pocketrec.training.model import (
-    GENRE_PROJECTION,
-    ITEM_EMBEDDING,
     LINEAR_PROJECTION,
-    TITLE_WORDS,
     ModelConfig,
     build_item_tower,
     build_sequence_encoder,
@@ -53,9 +50,6 @@ from pocketrec.training.model import (
 # top-k subspace of a Gram matrix to settle to what a full eigendecomposition gives.
 _OVERSAMPLING = 16
 _POWER_ITERATIONS = 4
-# Ridge strength of the fit from item features to item vectors (features are 0/1 genres
-# and title-word shares): what places an item the model never saw.
-_FEATURE_RIDGE = 1.0
 
 
 def fit_low_rank_ease(
@@ -70,8 +64,9 @@ def fit_low_rank_ease(
     Tries every EASE ridge strength of the baseline's grid and ranks ``D``, ``D/2`` and
     ``D/4`` (``D = model_config.embedding_dim``, at most the catalog size); keeps the pair
     with the best validation NDCG@10. Item features (genres, title words) are fitted to
-    the item vectors by ridge regression, so `TrainedModel.feature_vectors` embeds new
-    items; the id vectors hold the rest, and the table is exactly ``Q``.
+    the item vectors (`fit_item_features`, its strength in ``train_config["feature_ridge"]``),
+    so `TrainedModel.feature_vectors` embeds new items; the id vectors hold the rest, and
+    the table is exactly ``Q``.
 
     Raises:
         BaselineSkipped: EASE does not fit in memory for this catalog and user count.
@@ -101,12 +96,18 @@ def fit_low_rank_ease(
         "low-rank ease: l2 %g, rank %d, valid ndcg@10 %.4f", l2, rank, valid.ndcg_at_10
     )
     config = dataclasses.replace(model_config, encoder="linear", embedding_dim=rank)
-    trained = _assemble(split, config, basis[:, :rank], weights)
+    trained = _assemble(split, config, weights)
+    feature_ridge = fit_item_features(trained, split, basis[:, :rank])
     trained.history.append(
         {"epoch": 1, **{f"valid/{k}": v for k, v in valid.as_dict().items() if k != "users"}}
     )
     trained.best_epoch = 1
-    trained.train_config = {**(train_config or {}), "ease_l2": l2, "rank": rank}
+    trained.train_config = {
+        **(train_config or {}),
+        "ease_l2": l2,
+        "rank": rank,
+        "feature_ridge": feature_ridge,
+    }
     trained.cold_start_vector = cold_start_vector(trained.item_vectors(), split.histories("test"))
     return trained
 
@@ -145,26 +146,13 @@ def _scorer(basis: np.ndarray, weights: np.ndarray, length: int) -> ScoreFn:
     return score
 
 
-def _assemble(
-    split: Split, config: ModelConfig, basis: np.ndarray, weights: np.ndarray
-) -> TrainedModel:
+def _assemble(split: Split, config: ModelConfig, weights: np.ndarray) -> TrainedModel:
+    """The ``"linear"`` model with ``weights``; its item table is set by `fit_item_features`."""
     words = title_word_ids(split.titles, config)
-    item_tower = build_item_tower(split.num_items, config, split.item_genres, words)
     encoder = build_sequence_encoder(config)
     encoder.get_layer(LINEAR_PROJECTION).set_weights([weights.astype(np.float32)])
-    features, layers = _feature_design(item_tower, split.item_genres, words, config)
-    id_vectors = basis
-    if features is not None:
-        fitted = _ridge(features, basis, _FEATURE_RIDGE)
-        id_vectors = basis - features @ fitted
-        start = 0
-        for layer in layers:
-            rows = layer.get_weights()[0].shape[0]
-            layer.set_weights([fitted[start : start + rows].astype(np.float32)])
-            start += rows
-    item_tower.get_layer(ITEM_EMBEDDING).set_weights([id_vectors.astype(np.float32)])
     return TrainedModel(
-        item_tower,
+        build_item_tower(split.num_items, config, split.item_genres, words),
         encoder,
         config,
         item_ids=split.item_ids,
@@ -172,34 +160,3 @@ def _assemble(
         genre_names=split.genre_names,
         titles=split.titles,
     )
-
-
-def _feature_design(
-    item_tower: tf_keras.Model, genres: np.ndarray, words: np.ndarray, config: ModelConfig
-) -> tuple[np.ndarray | None, list[tf_keras.layers.Layer]]:
-    """The item features as one linear design matrix, and the layers its columns feed:
-    genre multi-hots (the genre projection) and each title's word shares (the title-word
-    embedding, whose mean over present words is that share times its rows)."""
-    encoder = item_tower.get_layer("feature_encoder")
-    names = {layer.name for layer in encoder.layers}
-    blocks, layers = [], []
-    if GENRE_PROJECTION in names:
-        blocks.append(np.asarray(genres, dtype=np.float64))
-        layers.append(encoder.get_layer(GENRE_PROJECTION))
-    if TITLE_WORDS in names:
-        shares = np.zeros((len(words), config.title_buckets))
-        present = words > 0
-        counts = np.maximum(present.sum(axis=1, keepdims=True), 1)
-        rows = np.nonzero(present)[0]
-        np.add.at(shares, (rows, words[present]), 1.0 / counts[rows, 0])
-        blocks.append(shares)
-        layers.append(encoder.get_layer(TITLE_WORDS))
-    if not blocks:
-        return None, []
-    return np.concatenate(blocks, axis=1), layers
-
-
-def _ridge(features: np.ndarray, targets: np.ndarray, strength: float) -> np.ndarray:
-    gram = features.T @ features
-    gram[np.diag_indices_from(gram)] += strength
-    return np.linalg.solve(gram, features.T @ targets)

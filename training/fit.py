@@ -31,6 +31,7 @@ from pocketrec.training._trained import TrainedModel
 from pocketrec.training.closed_form import fit_low_rank_ease
 from pocketrec.training.cold_start import cold_start_vector
 from pocketrec.training.follow import fit_follow
+from pocketrec.training.item_features import fit_item_features
 from pocketrec.training.model import (
     ModelConfig,
     build_item_tower,
@@ -307,6 +308,7 @@ def train(
     assert best_weights is not None
     trained.item_tower.set_weights(best_weights[0])
     trained.encoder.set_weights(best_weights[1])
+    trained.train_config["feature_ridge"] = fit_item_features(trained, split)
     trained.cold_start_vector = cold_start_vector(trained.item_vectors(), split.histories("test"))
     if train_config.follow and train_config.objective == "sequence":
         return fit_follow(trained, split)

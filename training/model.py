@@ -71,7 +71,7 @@ class ModelConfig:
         title_buckets: hash buckets of title words (bucket 0 is padding).
         title_words: at most this many distinct words of each title are read.
         id_dropout: during training, the share of items whose id vector is dropped, so
-            that their features alone place them (what embeds new items).
+            that the features part learns to place them too.
         follow_window: the user tower adds the *follow vectors* of this many most recent
             history items (`pocketrec.training.follow`); 0: none. The follow fit sets it
             after training; the table then carries the follow vectors as ``D`` more
@@ -251,8 +251,9 @@ def build_item_tower(
     The vector is a learned vector per training id plus `build_feature_encoder` over the
     item's features, which frozen lookup tables hold: ``item_genres`` (float32 ``[N, G]``
     multi-hot) and ``item_words`` (int32 ``[N, W]``, `title_word_ids`). During training
-    ``config.id_dropout`` drops whole id vectors, so that features alone must place an
-    item: how an item the model never saw gets its vector.
+    ``config.id_dropout`` drops whole id vectors; after it, `fit_item_features` refits the
+    features part so that features alone place an item: how an item the model never saw
+    gets its vector.
     """
     if num_items < 1:
         raise ValueError(f"expected num_items >= 1, got {num_items}")
