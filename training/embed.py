@@ -2,9 +2,9 @@
 
 The item tower adds a learned vector per training id to a vector of the item's features
 (genres and title words). A known id with new metadata gets its vector again; an id the
-model never saw gets the features' vector alone, which training fits for that by ridge
-regression onto the trained vectors (`pocketrec.training.item_features`). So new items
-reach devices through the sync without a new model.
+model never saw gets the features' vector alone, which training fits by ridge regression
+onto the trained vectors (`pocketrec.training.item_features`). So new items reach
+devices through the sync without a new model.
 """
 
 from __future__ import annotations

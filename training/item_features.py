@@ -58,10 +58,9 @@ def fit_item_features(
     words = title_word_ids(split.titles, config)
     features, layers = feature_design(trained.item_tower, split.item_genres, words, config)
     # The table the users read: the tower's as it is, or the one it is about to output.
-    table = trained.item_table() if vectors is None else ItemTable.quantize(vectors, "float32")
-    if vectors is None:
-        vectors = trained.item_vectors()[:, : config.embedding_dim]
-    vectors = np.asarray(vectors, dtype=np.float64)
+    current = trained.item_vectors() if vectors is None else vectors
+    table = ItemTable.quantize(current, "float32")
+    vectors = np.asarray(current, dtype=np.float64)[:, : config.embedding_dim]
     if features is None:
         trained.item_tower.get_layer(ITEM_EMBEDDING).set_weights([vectors.astype(np.float32)])
         return None
