@@ -264,10 +264,21 @@ def _bundle_rows(
     recent = trained.config.history_length
     histories = [[str(split.item_ids[i]) for i in h[-recent:]] for h in split.histories("test")]
     rows: list[dict[str, Any]] = []
-    for name in _log.progress(names, f"recipes (seed {seed})"):
+    # A line per recipe, not a bar: a pruned recipe takes minutes, and a log file (or a
+    # terminal) should say which ones are done and what they scored.
+    for name in names:
         bundle_dir = seed_dir / "bundles" / name  # recorded relative to OUT
         result = compress(trained, name, out / bundle_dir, split=split)
         size, test, valid = result.sizes, result.metrics["test"], result.metrics["valid"]
+        _log.LOGGER.info(
+            "seed %d, %s: valid ndcg@10 %.4f, test %.4f, %s B gzip (%.0f s)",
+            seed,
+            name,
+            valid.ndcg_at_10,
+            test.ndcg_at_10,
+            f"{size['model']['gzip'] + size['table']['gzip']:,}",
+            result.seconds,
+        )
         timing = _measure_in_subprocess(result.bundle, histories, calls) if calls else None
         rows.append(
             {

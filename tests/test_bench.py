@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
 
 import numpy as np
 import pytest
 
+from pocketrec._log import LOGGER
 from pocketrec.benchmarks.bench import (
     SUMMARY_METRICS,
     BenchConfig,
@@ -30,22 +32,38 @@ ROW_FIELDS = {
 }
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     log = synthetic(num_users=300, num_items=200, seed=2)
-    results = run_benchmark(
-        log,
-        BenchConfig(
-            out=out,
-            recipes=["int8+int8-table", "int8+int4-table"],
-            quick=True,
-            calls=50,
-            epochs=1,
-            seeds=(0, 1),
-        ),
-    )
-    return out, results
+    lines, level = _Lines(), LOGGER.level
+    LOGGER.addHandler(lines)
+    LOGGER.setLevel(logging.INFO)
+    try:
+        results = run_benchmark(
+            log,
+            BenchConfig(
+                out=out,
+                recipes=["int8+int8-table", "int8+int4-table"],
+                quick=True,
+                calls=50,
+                epochs=1,
+                seeds=(0, 1),
+            ),
+        )
+    finally:
+        LOGGER.removeHandler(lines)
+        LOGGER.setLevel(level)
+    return out, results, lines.lines
 
 
 def seed_rows(results, seed):
@@ -53,7 +71,7 @@ def seed_rows(results, seed):
 
 
 def test_quick_benchmark_writes_json_markdown_and_plot(quick_run):
-    out, results = quick_run
+    out, results, _ = quick_run
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     png = (out / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -65,7 +83,7 @@ def test_quick_benchmark_writes_json_markdown_and_plot(quick_run):
 
 
 def test_every_variant_row_has_the_documented_fields_and_sane_values(quick_run):
-    _, results = quick_run
+    _, results, _ = quick_run
     bundles = seed_rows(results, 0)
     assert [r["variant"] for r in bundles] == ["float32", "int8+int8-table", "int8+int4-table"]
     for row in bundles:
@@ -82,7 +100,7 @@ def test_every_variant_row_has_the_documented_fields_and_sane_values(quick_run):
 
 
 def test_baselines_are_rows_and_machine_block_names_the_libraries(quick_run):
-    _, results = quick_run
+    _, results, _ = quick_run
     baselines = [r["variant"] for r in results["rows"] if r["kind"] == "baseline"]
     assert sorted(baselines) == ["ease", "itemknn", "last-item", "popularity"], "each once"
     machine = results["machine"]
@@ -97,7 +115,7 @@ def test_unknown_recipe_is_refused_before_any_work(tmp_path):
 
 
 def test_results_carry_no_path_of_the_machine_that_made_them(quick_run):
-    out, results = quick_run
+    out, results, _ = quick_run
     for name in ("results.json", "results.md"):
         assert str(out) not in (out / name).read_text()
     for row in results["rows"]:
@@ -109,7 +127,7 @@ def test_results_carry_no_path_of_the_machine_that_made_them(quick_run):
 
 
 def test_each_seed_trains_its_own_model_and_only_the_first_is_timed(quick_run):
-    out, results = quick_run
+    out, results, _ = quick_run
     assert results["seeds"] == [0, 1] and results["latency_seed"] == 0
     assert [run["seed"] for run in results["runs"]] == [0, 1]
     assert all(run["train_seconds"] > 0 for run in results["runs"])
@@ -121,8 +139,21 @@ def test_each_seed_trains_its_own_model_and_only_the_first_is_timed(quick_run):
     assert weights[0] != weights[1], "the seeds trained different models"
 
 
+def test_each_recipe_logs_one_line_with_its_scores_as_it_finishes(quick_run):
+    # Off a terminal a bench run shows no bar: these lines are its progress.
+    _, results, lines = quick_run
+    recipe_lines = [line for line in lines if "B gzip" in line]
+    rows = [r for r in results["rows"] if r["kind"] == "bundle"]
+    assert len(recipe_lines) == len(rows) == 2 * 3  # float32 and the two recipes, per seed
+    for line, row in zip(recipe_lines, rows, strict=True):
+        assert line.startswith(f"seed {row['seed']}, {row['variant']}: ")
+        assert f"valid ndcg@10 {row['valid_ndcg_at_10']:.4f}" in line
+        assert f"test {row['ndcg_at_10']:.4f}" in line
+        assert f"{row['gzip_bytes']:,} B gzip" in line
+
+
 def test_summary_is_the_mean_and_std_over_seeds_with_baselines_listed_once(quick_run):
-    out, results = quick_run
+    out, results, _ = quick_run
     summary = {(e["kind"], e["variant"]): e for e in results["summary"]}
     float32 = summary["bundle", "float32"]
     assert float32["seeds"] == 2
