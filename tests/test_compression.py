@@ -535,15 +535,27 @@ def test_auto_keeps_the_smallest_bundle_within_budget_and_rejects_the_rest(
         assert {"hr@10", "ndcg@10"} <= set(candidate["result"]["metrics"][stage])
     markdown = (tmp_path / REPORT_MARKDOWN).read_text()
     assert "| ruinous |" in markdown and "exceeds the budget" in markdown
-    # Drops and their errors come from the SDK's scores of the bundles written.
-    base_users = evaluate_bundle(tmp_path / "float32", split)["valid"].user_ndcg(10)
-    assert base_users.mean() == pytest.approx(report.baseline.ndcg_at_10("valid"))
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| recipe | model raw"))
+    header, _, *rows = lines[start : lines.index("", start)]
+    assert "| valid NDCG drop | test NDCG drop |" in header
+    assert len(rows) == 3  # float32, float16, ruinous
+    assert all(row.count(" | ") == header.count(" | ") for row in rows)
+    # Drops and their errors, on both stages, come from the SDK's scores of the bundles.
+    base_metrics = evaluate_bundle(tmp_path / "float32", split)
+    float16_metrics = evaluate_bundle(tmp_path / "float16", split)
     float16 = by_name["float16"]
-    differences = base_users - evaluate_bundle(tmp_path / "float16", split)["valid"].user_ndcg(10)
-    assert float16.ndcg_drop == pytest.approx(differences.mean() / base_users.mean(), abs=1e-9)
-    assert float16.ndcg_drop_se == pytest.approx(
-        differences.std(ddof=1) / np.sqrt(len(differences)) / base_users.mean()
-    )
+    for stage, drop, se in (
+        ("valid", float16.ndcg_drop, float16.ndcg_drop_se),
+        ("test", float16.test_ndcg_drop, float16.test_ndcg_drop_se),
+    ):
+        base_users = base_metrics[stage].user_ndcg(10)
+        assert base_users.mean() == pytest.approx(report.baseline.ndcg_at_10(stage))
+        differences = base_users - float16_metrics[stage].user_ndcg(10)
+        assert drop == pytest.approx(differences.mean() / base_users.mean(), abs=1e-9)
+        assert se == pytest.approx(
+            differences.std(ddof=1) / np.sqrt(len(differences)) / base_users.mean()
+        )
 
 
 # Command line --------------------------------------------------------------------------
