@@ -22,6 +22,8 @@ BASELINE = "float32"
 SIZE_METRICS = ("raw", "gzip")
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
+# A candidate's relative NDCG@10 drops: validation, its standard error, test, its error.
+Drops = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -248,10 +250,6 @@ def auto_compress(
     report = AutoReport(baseline, report_candidates, selected, max_ndcg_drop, size_metric)
     report.write(out)
     return report
-
-
-# (valid drop, its standard error, test drop, its standard error)
-Drops = tuple[float, float, float, float]
 
 
 def _paired_drop(
