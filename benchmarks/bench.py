@@ -276,7 +276,7 @@ def _bundle_rows(
             name,
             valid.ndcg_at_10,
             test.ndcg_at_10,
-            f"{size['model']['gzip'] + size['table']['gzip']:,}",
+            f"{result.payload('gzip'):,}",
             result.seconds,
         )
         timing = _measure_in_subprocess(result.bundle, histories, calls) if calls else None
@@ -287,8 +287,8 @@ def _bundle_rows(
                 "seed": seed,
                 "model_bytes": size["model"]["raw"],
                 "table_bytes": size["table"]["raw"],
-                "bundle_bytes": size["model"]["raw"] + size["table"]["raw"],
-                "gzip_bytes": size["model"]["gzip"] + size["table"]["gzip"],
+                "bundle_bytes": result.payload("raw"),
+                "gzip_bytes": result.payload("gzip"),
                 "hr_at_10": test.hr_at_10,
                 "ndcg_at_10": test.ndcg_at_10,
                 "mrr": test.mrr,
