@@ -18,11 +18,12 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 out="${OUT:-/tmp/device-out}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
+echo "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE-unset}, $(nproc) CPUs"
 # The installed wheel's suite on its shipped bundles (no TensorFlow there).
 python3 -m pocketrec.device_tests --shipped --out "$out/device-report.json"
 status=$?
 # The pytest suite on the same bundles, from this checkout's device_tests/.
 shipped="$(python3 -c 'import pocketrec.device_tests as d, os; print(os.path.dirname(d.__file__))')/data"
-POCKETREC_DEVICE_BUNDLES="$shipped" python3 -m pytest -q -rs -p no:cacheprovider \
+POCKETREC_DEVICE_BUNDLES="$shipped" python3 -m pytest -q -rsx -p no:cacheprovider \
     -o addopts="" device_tests 2>&1 | tee "$out/device-pytest.log"
 exit "$status"

@@ -24,6 +24,7 @@ import numpy as np
 
 from pocketrec.errors import AcceleratorError, BundleError
 from pocketrec.sdk.contract import HISTORY_INPUT, MASK_INPUT, SIGNATURE_KEY, USER_VECTOR_OUTPUT
+from pocketrec.sdk.flatbuffer import expand_float16_weights
 
 try:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -252,7 +253,8 @@ class CompiledRunner:
 
     Called like the interpreter's signature runner: ``runner(history=..., mask=...)``
     returns ``{"user_vector": [1, D]}``. Ops the accelerator cannot run fall back to the CPU
-    (`fully_accelerated` says whether any did). ``"cpu"`` compiles for the CPU alone: the
+    (`fully_accelerated` says whether any did). For the GPU, float16 weights are widened
+    first (`expand_float16_weights`). ``"cpu"`` compiles for the CPU alone: the
     same code path, testable where no accelerator is present.
     """
 
@@ -267,6 +269,8 @@ class CompiledRunner:
             "npu": HardwareAccelerator.NPU | HardwareAccelerator.CPU,
         }[accelerator]
         options = Options(hardware_accelerators=flags, cpu_options=CpuOptions(num_threads))
+        if accelerator == "gpu":
+            model = expand_float16_weights(model)
         failure = None
         # LiteRT logs every vendor plugin it could not load: kept unless compiling fails.
         with captured_native_stderr() as log:

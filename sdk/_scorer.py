@@ -304,13 +304,16 @@ class CompiledTopK:
 
         self.k = min(GPU_TOP_K, table.num_items)
         flags = HardwareAccelerator.CPU
+        graph_table = table
         if accelerator == "gpu":
             flags = HardwareAccelerator.GPU | HardwareAccelerator.CPU
+            if table.dtype == "float16":  # exact; the GPU leaves DEQUANTIZE to the CPU
+                graph_table = ItemTable.quantize(table.dequantized(), "float32")
         failure = None
         with captured_native_stderr() as log:
             try:
                 self._compiled = CompiledModel.from_buffer(
-                    scorer_model(table, top_k=self.k), hardware_accel=flags
+                    scorer_model(graph_table, top_k=self.k), hardware_accel=flags
                 )
             except RuntimeError as exc:
                 failure = exc
@@ -383,8 +386,8 @@ def measure_crossover(
         table = ItemTable.quantize(rng.standard_normal((size, dim)).astype(np.float32), dtype)
         cpu, compiled = Scorer(table), CompiledTopK(table, accelerator)
         mask = np.zeros(size, dtype=np.float32)
-        cpu_us = _median_us(lambda cpu=cpu: cpu.top_k(user, 10), calls)
-        accelerated_us = _median_us(lambda c=compiled, m=mask: c.run(user, m), calls)
+        cpu_us = median_us(lambda cpu=cpu: cpu.top_k(user, 10), calls)
+        accelerated_us = median_us(lambda c=compiled, m=mask: c.run(user, m), calls)
         result["cpu_us"].append(cpu_us)
         result["accelerated_us"].append(accelerated_us)
         if result["crossover_items"] is None and accelerated_us < cpu_us:
@@ -392,7 +395,8 @@ def measure_crossover(
     return result
 
 
-def _median_us(call: Callable[[], object], calls: int) -> float:
+def median_us(call: Callable[[], object], calls: int) -> float:
+    """Median wall time of ``calls`` calls of ``call``, in microseconds, after one more."""
     call()  # the first call pays for allocation and weight packing
     times = []
     for _ in range(calls):

@@ -356,6 +356,31 @@ def test_gpu_export_has_a_fixed_batch_and_a_graph_the_gpu_takes_whole(
     assert cover.gpu_source == "static"
     assert cover.gpu_fully_accelerated
     assert cover.gpu_rejected == {}
+    # Float16 weights reach the GPU widened (the SDK drops their DEQUANTIZEs), and the
+    # user vector's slice keeps its axis: XNNPACK takes the whole graph too.
+    assert cover.ops["DEQUANTIZE"] > 0
+    assert cover.xnnpack_fully_delegated
+
+
+def test_static_gpu_table_rejects_a_slice_that_shrinks_an_axis() -> None:
+    import tensorflow as tf
+    import tf_keras
+
+    from pocketrec.training import to_tflite
+
+    history = tf_keras.Input(shape=(4, 8), name="history")
+    mask = tf_keras.Input(shape=(4,), name="mask")
+    sequence = tf_keras.layers.Dense(8)(history * mask[:, :, None])
+    shrinking = tf_keras.Model([history, mask], sequence[:, -1, :])
+    kept = tf_keras.Model([history, mask], tf.reshape(sequence[:, -1:, :], [-1, 8]))
+
+    cover = accelerator_coverage(to_tflite(shrinking, batch_size=1), probe_gpu=False)
+    assert set(cover.gpu_rejected) == {"STRIDED_SLICE"}
+    assert "shrink_axis_mask" in cover.gpu_rejected["STRIDED_SLICE"]
+    assert cover.gpu_supported == cover.num_ops - 1
+    assert cover.xnnpack_on_cpu_kernels == {"STRIDED_SLICE": 1}
+    cover = accelerator_coverage(to_tflite(kept, batch_size=1), probe_gpu=False)
+    assert cover.gpu_fully_accelerated and cover.gpu_supported == cover.num_ops
 
 
 def test_int8_models_are_reported_as_cpu_only(bundles: dict[str, CompressionResult]) -> None:

@@ -102,8 +102,22 @@ def test_auto_falls_back_to_the_cpu_and_logs_it_once(bundle, caplog) -> None:
     assert any(GPU.detail in line for line in lines)
 
 
+def test_auto_times_the_tower_on_the_gpu_or_says_why_it_could_not(bundle) -> None:
+    from pocketrec.sdk import Bundle
+    from pocketrec.sdk.recommender import _timed_placement
+
+    placement = _timed_placement(Bundle.open(bundle), num_threads=1)
+    if GPU.present:
+        assert placement.accelerator == "gpu" or "µs on the GPU" in placement.fallback
+    else:  # compiled for a GPU that is not there: CPU, with the runtime's reason
+        assert placement.accelerator == "cpu"
+        assert "the GPU could not compile its user tower" in placement.fallback
+
+
 def test_gpu_with_an_int8_bundle_is_refused_for_its_integer_kernels(int8_bundle) -> None:
-    with pytest.raises(AcceleratorError, match=r"int8 bundle; int8 models stay on the CPU.*17%"):
+    with pytest.raises(
+        AcceleratorError, match=r"int8 bundle; int8 models stay on the CPU.*NVIDIA H200"
+    ):
         Recommender.open(int8_bundle, accelerator="gpu")
 
 
@@ -270,3 +284,32 @@ def test_a_corrupt_bundle_is_a_failed_entry_and_the_suite_goes_on(tmp_path) -> N
     assert failed["status"] == "failed" and "sha256" in failed["reason"]
     assert passed["accelerators"]["cpu"]["status"] == "passed"
     assert report["passed"] is False
+
+
+def test_float16_weights_are_widened_for_the_gpu_with_the_same_vectors() -> None:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from pocketrec.device_tests._bundles import SHIPPED
+    from pocketrec.sdk.flatbuffer import expand_float16_weights
+
+    def ops_and_vector(model: bytes) -> tuple[set[str], np.ndarray]:
+        interpreter = Interpreter(
+            model_content=model,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+        runner = interpreter.get_signature_runner("user_vector")
+        shape = runner.get_input_details()["history"]["shape"]
+        rng = np.random.default_rng(0)
+        history = rng.standard_normal(shape).astype(np.float32)
+        mask = (rng.random(shape[:2]) < 0.7).astype(np.float32)
+        vector = runner(history=history, mask=mask)["user_vector"]
+        return {op["op_name"] for op in interpreter._get_ops_details()}, vector
+
+    float16 = (SHIPPED / "gpu-float16" / "user_tower.tflite").read_bytes()
+    ops, vector = ops_and_vector(float16)
+    widened_ops, widened_vector = ops_and_vector(expand_float16_weights(float16))
+    assert "DEQUANTIZE" in ops and "DEQUANTIZE" not in widened_ops
+    assert widened_ops == ops - {"DEQUANTIZE"}
+    np.testing.assert_array_equal(widened_vector, vector)
+    float32 = (SHIPPED / "float32" / "user_tower.tflite").read_bytes()
+    assert expand_float16_weights(float32) is float32

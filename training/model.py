@@ -351,10 +351,16 @@ def user_tower_from_encoder(encoder: tf_keras.Model) -> tf_keras.Model:
             if name in names:
                 vector = encoder.get_layer(name)(vector)
         if _OUTPUT_NORM in names:  # built for [B, L, D]: its axis is 2
-            vector = encoder.get_layer(_OUTPUT_NORM)(vector[:, None, :])[:, 0, :]
+            vector = _last_position(encoder.get_layer(_OUTPUT_NORM)(vector[:, None, :]))
         return tf_keras.Model(inputs=encoder.input, outputs=vector, name="user_tower")
-    user_vector = encoder.output[:, -1, :]
+    user_vector = _last_position(encoder.output)
     return tf_keras.Model(inputs=encoder.input, outputs=user_vector, name="user_tower")
+
+
+def _last_position(sequence: tf.Tensor) -> tf.Tensor:
+    """``sequence[:, -1, :]`` without ``shrink_axis_mask``, which LiteRT's GPU accelerator and
+    XNNPACK leave to the CPU: a slice that keeps the axis, then a reshape."""
+    return tf.reshape(sequence[:, -1:, :], [-1, sequence.shape[-1]])
 
 
 def build_user_tower(config: ModelConfig) -> tf_keras.Model:
