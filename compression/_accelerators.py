@@ -249,5 +249,5 @@ def _shrinking_slices(model: bytes) -> frozenset[int]:
         index
         for index, op in enumerate(parsed.subgraphs[0].operators)
         if codes[op.opcodeIndex] == schema.BuiltinOperator.STRIDED_SLICE
-        and op.builtinOptions.shrinkAxisMask
+        and getattr(op.builtinOptions, "shrinkAxisMask", 0)
     )
