@@ -184,9 +184,8 @@ def accelerator_coverage(model: bytes, *, probe_gpu: bool = True) -> Accelerator
     else:
         # The graph the SDK compiles for the GPU: float16 weights widened, DEQUANTIZE gone.
         gpu_model = expand_float16_weights(model)
-        rejected, unsupported = _static_gpu_rejections(
-            read_graph(gpu_model), _shrinking_slices(gpu_model)
-        )
+        gpu_graph = graph if gpu_model is model else read_graph(gpu_model)
+        rejected, unsupported = _static_gpu_rejections(gpu_graph, _shrinking_slices(gpu_model))
         source, supported, fully = "static", len(graph.nodes) - unsupported, not rejected
     return AcceleratorReport(
         ops=dict(ops),

@@ -106,12 +106,14 @@ def test_auto_times_the_tower_on_the_gpu_or_says_why_it_could_not(bundle) -> Non
     from pocketrec.sdk import Bundle
     from pocketrec.sdk.recommender import _timed_placement
 
-    placement = _timed_placement(Bundle.open(bundle), num_threads=1)
+    placement, tower = _timed_placement(Bundle.open(bundle), num_threads=1)
     if GPU.present:
         assert placement.accelerator == "gpu" or "µs on the GPU" in placement.fallback
+        assert tower is not None and tower.accelerator == placement.accelerator
     else:  # compiled for a GPU that is not there: CPU, with the runtime's reason
         assert placement.accelerator == "cpu"
         assert "the GPU could not compile its user tower" in placement.fallback
+        assert tower is None
 
 
 def test_gpu_with_an_int8_bundle_is_refused_for_its_integer_kernels(int8_bundle) -> None:
