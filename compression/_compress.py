@@ -140,7 +140,9 @@ def apply_steps(parts: ModelParts, recipe: Recipe, split: Split) -> ModelParts:
     if recipe.pruning is not None:
         parts = prune(parts, recipe.pruning, split, recipe.fine_tune)
     if recipe.clustering is not None:
-        parts = cluster(parts, recipe.clustering, split, recipe.fine_tune)
+        parts = cluster(
+            parts, recipe.clustering, split, recipe.cluster_fine_tune or recipe.fine_tune
+        )
     if recipe.quantization_aware:
         parts = quantization_aware(parts, split, recipe.fine_tune)
     return parts

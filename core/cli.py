@@ -481,7 +481,7 @@ def _register_compress(subparsers: argparse._SubParsersAction) -> None:
         help="bundle size compared by --auto (default gzip: what a download costs)",
     )
     parser.add_argument(
-        "--fine-tune-steps", type=int, metavar="N", help="override fine-tuning steps"
+        "--fine-tune-steps", type=int, metavar="N", help="override the steps of every fine-tuning"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_arguments(parser)
@@ -547,8 +547,14 @@ def _tuned(recipe: Recipe, args: argparse.Namespace) -> Recipe:
         return recipe
     import dataclasses
 
+    steps = args.fine_tune_steps
+    clustering = recipe.cluster_fine_tune
     return dataclasses.replace(
-        recipe, fine_tune=dataclasses.replace(recipe.fine_tune, steps=args.fine_tune_steps)
+        recipe,
+        fine_tune=dataclasses.replace(recipe.fine_tune, steps=steps),
+        cluster_fine_tune=None
+        if clustering is None
+        else dataclasses.replace(clustering, steps=steps),
     )
 
 

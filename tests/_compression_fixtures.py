@@ -40,7 +40,8 @@ def tiny_trained(split: Split) -> TrainedModel:
 
 def quick(recipe: Recipe) -> Recipe:
     """``recipe`` with a fine-tuning short enough for tests."""
-    return dataclasses.replace(recipe, fine_tune=FINE_TUNE)
+    clustering = None if recipe.cluster_fine_tune is None else FINE_TUNE
+    return dataclasses.replace(recipe, fine_tune=FINE_TUNE, cluster_fine_tune=clustering)
 
 
 def keras3_user_tower(length: int = 8, dim: int = 32) -> object:

@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -155,7 +156,7 @@ def test_manifest_records_recipe_quantization_and_accelerator(
         ("float16", {"float16"}, {"float32", "int8"}, {"float32"}),
         ("int8", {"int8"}, {"float32", "float16"}, {"int8"}),
         ("qat+int8", {"int8"}, {"float32", "float16"}, {"int8"}),
-        ("pruned+int8+int4-table", {"int8"}, {"float32", "float16"}, {"int8"}),
+        ("pruned+clustered+int8+int4-table", {"int8"}, {"float32", "float16"}, {"int8"}),
         ("clustered+int8", {"int8"}, {"float32", "float16"}, {"int8"}),
         ("gpu-float16", {"float16"}, {"float32", "int8"}, {"float32"}),
     ],
@@ -186,7 +187,14 @@ def test_full_integer_models_keep_no_float_kernels(bundles: dict[str, Compressio
 
 @pytest.mark.parametrize(
     "name",
-    ["int8", "float16", "int8+int8-table", "int8+int4-table", "pruned+int8+int4-table", "qat+int8"],
+    [
+        "int8",
+        "float16",
+        "int8+int8-table",
+        "int8+int4-table",
+        "pruned+clustered+int8+int4-table",
+        "qat+int8",
+    ],
 )
 def test_shipped_table_is_the_sdk_quantization_of_the_trained_item_vectors(
     bundles: dict[str, CompressionResult],
@@ -217,17 +225,22 @@ def test_shipped_table_is_the_sdk_quantization_of_the_trained_item_vectors(
     )
 
 
-def test_pruned_recipe_prunes_the_tower_and_ships_an_int4_table(
+def test_pruned_recipe_prunes_then_clusters_the_tower_and_ships_an_int4_table(
     bundles: dict[str, CompressionResult],
 ) -> None:
-    result = bundles["pruned+int8+int4-table"]
-    pruning = RECIPES["pruned+int8+int4-table"].pruning
+    result = bundles["pruned+clustered+int8+int4-table"]
+    recipe = RECIPES["pruned+clustered+int8+int4-table"]
+    pruning, clustering = recipe.pruning, recipe.clustering
     assert pruning is not None and not pruning.prune_item_table
-    assert result.sparsity is not None
+    assert clustering is not None and clustering.preserve_sparsity
+    assert result.sparsity is not None and result.unique_values is not None
     tower = {k: v for k, v in result.sparsity.items() if k not in ("item_table", "overall")}
     assert tower
+    # Clustering kept the pruned zeros: each kernel is its zeros and at most N values.
     assert min(tower.values()) >= pruning.target_sparsity - 0.005
+    assert max(result.unique_values[name] for name in tower) <= clustering.num_clusters + 1
     assert result.steps[0].startswith(f"prune({pruning.target_sparsity:g}")
+    assert result.steps[1] == f"cluster({clustering.num_clusters})"
     assert _shipped_table(result).dtype == "int4"
 
 
@@ -286,7 +299,8 @@ def test_fine_tuning_gives_the_same_weights_in_a_fresh_process_as_after_training
 def test_pruned_model_is_smaller_gzipped_than_the_int8_model(
     bundles: dict[str, CompressionResult],
 ) -> None:
-    pruned, dense = bundles["pruned+int8+int4-table"].sizes, bundles["int8+int4-table"].sizes
+    pruned = bundles["pruned+clustered+int8+int4-table"].sizes
+    dense = bundles["int8+int4-table"].sizes
     assert pruned["model"]["gzip"] < dense["model"]["gzip"]
     assert pruned["model"]["raw"] == dense["model"]["raw"]
 
@@ -321,6 +335,28 @@ def test_clustering_a_pruned_tower_keeps_its_zeros_only_when_asked(
         counts = unique_weight_counts(clustered)
         # The zeros and at most four shared values.
         assert max(counts[name] for name in tower) <= config.num_clusters + 1
+
+
+def test_the_clustering_step_fine_tunes_with_its_own_config(
+    parts: ModelParts, split: Split, tmp_path: Path
+) -> None:
+    # A learning rate this large overflows the loss within a few steps: only the
+    # clustering step's config has it.
+    recipe = Recipe(
+        "clustered-apart",
+        "clustering with its own fine-tuning",
+        clustering=ClusteringConfig(num_clusters=4, cluster_item_table=False),
+        fine_tune=FINE_TUNE,
+        cluster_fine_tune=dataclasses.replace(FINE_TUNE, learning_rate=1e30),
+    )
+    with pytest.raises(CompressionError, match="diverged"):
+        compress(parts, recipe, tmp_path / "b", split=split, measure=False, probe_gpu=False)
+    # And the recipe's own fine-tuning is not the clustering step's: swapped, it runs.
+    swapped = dataclasses.replace(
+        recipe, fine_tune=recipe.cluster_fine_tune, cluster_fine_tune=FINE_TUNE
+    )
+    result = compress(parts, swapped, tmp_path / "c", split=split, measure=False, probe_gpu=False)
+    assert result.steps == ("cluster(4)",)
 
 
 def test_quantization_aware_recipe_learns_int8_ranges(
@@ -496,6 +532,7 @@ def test_pruning_config_refuses_values_out_of_range(changes: dict[str, float]) -
         ({"accelerator": "gpu", "quantization": "int8"}, "compute in float"),
         ({"accelerator": "npu"}, "accelerator"),
         ({"pruning": PruningConfig(), "clustering": ClusteringConfig()}, "preserve_sparsity"),
+        ({"cluster_fine_tune": FineTuneConfig()}, "does not cluster"),
     ],
 )
 def test_inconsistent_recipes_are_refused(changes: dict[str, object], message: str) -> None:
@@ -504,7 +541,7 @@ def test_inconsistent_recipes_are_refused(changes: dict[str, object], message: s
 
 
 def test_unknown_recipe_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="pruned\\+int8"):
+    with pytest.raises(ValueError, match="pruned\\+clustered\\+int8"):
         get_recipe("int3")
 
 
