@@ -652,6 +652,23 @@ def test_cli_compresses_a_saved_run_into_a_bundle(
     assert printed["metrics"]["valid"]["users"] > 0
 
 
+def test_cli_fine_tune_steps_override_every_fine_tuning_of_the_recipe(
+    trained: TrainedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trained.save(tmp_path / "run" / "model")
+    recipe = "pruned+clustered+int8+int4-table"
+    args = ["--model", str(tmp_path / "run"), "--recipe", recipe, "--out"]
+    args += [str(tmp_path / "bundle"), "--json", "--fine-tune-steps", "20"]
+    args += ["--synthetic", str(USERS), "--synthetic-items", str(ITEMS), "--seed", str(SEED)]
+    assert _cli(args) == 0
+    printed = json.loads(capsys.readouterr().out)["recipe"]
+    assert printed["fine_tune"]["steps"] == printed["cluster_fine_tune"]["steps"] == 20
+    named = RECIPES[recipe]
+    assert printed["fine_tune"]["learning_rate"] == named.fine_tune.learning_rate
+    assert named.cluster_fine_tune is not None
+    assert printed["cluster_fine_tune"]["learning_rate"] == named.cluster_fine_tune.learning_rate
+
+
 def test_cli_without_data_says_what_to_pass(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
