@@ -39,6 +39,7 @@ from pocketrec.errors import PocketrecError
 from pocketrec.sdk import TABLE_DTYPES, Bundle, ItemTable, Recommender
 from pocketrec.sdk._ranking import top_k
 from pocketrec.sdk._scorer import Scorer
+from pocketrec.sdk.flatbuffer import FILE_IDENTIFIER, operator_code
 
 DIM = 64
 HISTORY_LENGTH = 20
@@ -97,18 +98,14 @@ def tower_model(history_length: int, dim: int, seed: int = 0) -> bytes:
     signature.outputs = [_tensor_map("user_vector", 9)]
     model = schema.ModelT()
     model.version, model.subgraphs, model.signatureDefs = 3, [subgraph], [signature]
-    model.operatorCodes = []
-    for builtin in codes:
-        code = schema.OperatorCodeT()
-        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, builtin, 1
-        model.operatorCodes.append(code)
+    model.operatorCodes = [operator_code(builtin) for builtin in codes]
     model.buffers = [schema.BufferT()]
     for constant in constants:
         buffer = schema.BufferT()
         buffer.data = np.frombuffer(constant.tobytes(), dtype=np.uint8)
         model.buffers.append(buffer)
     builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
 
 

@@ -27,7 +27,7 @@ from pocketrec.compression._inspect import Graph, Node, load_interpreter, read_g
 from pocketrec.errors import AcceleratorError
 from pocketrec.sdk._runtime import CompiledRunner, undelegated_ops
 from pocketrec.sdk.accelerators import NNAPI_NOTE, detect
-from pocketrec.sdk.flatbuffer import expand_float16_weights
+from pocketrec.sdk.flatbuffer import builtin_code, expand_float16_weights
 
 # Static GPU support table: the float ops the LiteRT/TFLite GPU delegate parses (from its
 # operation parsers), for a graph whose shapes are fixed. Ops not listed stay on the CPU.
@@ -243,7 +243,7 @@ def _gpu_rejection(graph: Graph, node: Node, shrinking: frozenset[int]) -> str |
 def _shrinking_slices(model: bytes) -> frozenset[int]:
     """Nodes of the main subgraph that are STRIDED_SLICEs with a ``shrink_axis_mask``."""
     parsed = schema.ModelT.InitFromPackedBuf(model, 0)
-    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in parsed.operatorCodes]
+    codes = [builtin_code(code) for code in parsed.operatorCodes]
     return frozenset(
         index
         for index, op in enumerate(parsed.subgraphs[0].operators)

@@ -51,7 +51,7 @@ from pocketrec.errors import AcceleratorError, BundleError
 from pocketrec.sdk._ranking import top_k
 from pocketrec.sdk._runtime import Interpreter, captured_native_stderr, failure_lines
 from pocketrec.sdk.accelerators import detect
-from pocketrec.sdk.flatbuffer import FILE_IDENTIFIER, AlignedBuffer
+from pocketrec.sdk.flatbuffer import FILE_IDENTIFIER, AlignedBuffer, operator_code
 from pocketrec.sdk.table import ItemTable
 
 # Below these many items numpy scores the table faster than an interpreter call
@@ -531,7 +531,7 @@ def scorer_model(table: ItemTable, *, batch: int | None = None, top_k: int | Non
     model = schema.ModelT()
     model.version = 3
     model.description = "pocketrec item scorer"
-    model.operatorCodes = [_operator_code(code) for code in codes]
+    model.operatorCodes = [operator_code(code) for code in codes]
     model.subgraphs, model.buffers = [subgraph], buffers
     builder = flatbuffers.Builder(weights.nbytes + 4096)
     builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
@@ -586,11 +586,3 @@ def _operator(
     op.opcodeIndex, op.inputs, op.outputs = code, inputs, outputs
     op.builtinOptionsType, op.builtinOptions = options_type, options
     return op
-
-
-def _operator_code(builtin: int) -> schema.OperatorCodeT:
-    code = schema.OperatorCodeT()
-    code.builtinCode = builtin
-    code.deprecatedBuiltinCode = min(builtin, 127)
-    code.version = 1
-    return code

@@ -242,6 +242,8 @@ def tiny_model() -> bytes:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
+    from pocketrec.sdk.flatbuffer import FILE_IDENTIFIER, operator_code
+
     tensors = []
     for name in ("x", "y"):
         tensor = schema.TensorT()
@@ -255,12 +257,10 @@ def tiny_model() -> bytes:
     subgraph = schema.SubGraphT()
     subgraph.tensors, subgraph.inputs, subgraph.outputs = tensors, [0], [1]
     subgraph.operators = [op]
-    code = schema.OperatorCodeT()
-    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.ADD
-    code.version = 1
     model = schema.ModelT()
     model.version = 3
-    model.operatorCodes, model.subgraphs, model.buffers = [code], [subgraph], [schema.BufferT()]
+    model.operatorCodes = [operator_code(schema.BuiltinOperator.ADD)]
+    model.subgraphs, model.buffers = [subgraph], [schema.BufferT()]
     builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())

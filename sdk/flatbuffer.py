@@ -38,6 +38,24 @@ class AlignedBuffer(schema.BufferT):
         return schema.BufferEnd(builder)
 
 
+def operator_code(builtin: int) -> schema.OperatorCodeT:
+    """The operator-code entry of builtin op ``builtin``, version 1.
+
+    The schema's older int8 field holds a placeholder (127) for codes past it, as the
+    converter writes them; `builtin_code` reads either form back.
+    """
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)
+    code.version = 1
+    return code
+
+
+def builtin_code(code: schema.OperatorCodeT) -> int:
+    """The builtin op of an operator-code entry: the larger of the schema's two fields."""
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
 def expand_float16_weights(model: bytes) -> bytes:
     """``model`` with each float16 constant that a DEQUANTIZE widens stored as float32 and
     that DEQUANTIZE removed; unchanged (the same object) when it has none.
@@ -54,7 +72,7 @@ def expand_float16_weights(model: bytes) -> bytes:
     dequantize = {
         index
         for index, code in enumerate(parsed.operatorCodes)
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE
+        if builtin_code(code) == schema.BuiltinOperator.DEQUANTIZE
     }
     changed = False
     for subgraph in parsed.subgraphs:
