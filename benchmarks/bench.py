@@ -5,7 +5,9 @@ command) trains or loads the float model, builds every recipe's bundle, and meas
 one with the on-device runtime in one run on one machine. Writes `results.json`,
 `results.md` and `pareto.png` into OUT. With several seeds (`--seeds 0,1,2`) it trains,
 compresses and evaluates once per seed and adds the mean ± std over seeds; the baselines
-are deterministic and run once.
+are deterministic and run once. Every change from float32 carries its standard error over
+users (paired: the same users score both bundles), so a budget can be read against what
+the data resolves.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from pocketrec.training import TrainedModel
 
 QUICK_USERS = 200
+# The bundle every change is measured against.
+REFERENCE = "float32"
 
 
 @dataclass
@@ -84,6 +88,10 @@ SUMMARY_METRICS = (
     "valid_hr_at_10",
     "valid_mrr",
 )
+# The metrics whose change from the reference gets a paired standard error, by split.
+PAIRED_METRICS = {"test": "ndcg_at_10", "valid": "valid_ndcg_at_10"}
+# Each evaluated user's NDCG@10 by (variant, seed) and split: what the paired errors read.
+UserScores = dict[tuple[str, int], dict[str, np.ndarray]]
 
 
 def dataset_name(source: str) -> str:
@@ -187,9 +195,9 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:
         raise ValueError(f"unknown recipes {unknown}; choose from {sorted(RECIPES)}")
-    if "float32" in names:
-        names.remove("float32")
-    names.insert(0, "float32")
+    if REFERENCE in names:
+        names.remove(REFERENCE)
+    names.insert(0, REFERENCE)
 
     baselines: dict[str, BaselineResult] = {}
     baselines_seconds = None
@@ -203,6 +211,7 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
     calls = config.calls if not config.quick else min(config.calls, 200)
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
+    user_scores: UserScores = {}
     for index, seed in enumerate(seeds):
         # One seed keeps the plain layout (OUT/model, OUT/bundles); several get a folder each.
         seed_dir = Path() if len(seeds) == 1 else Path(f"seed-{seed}")
@@ -223,12 +232,19 @@ def run_benchmark(interactions, config: BenchConfig) -> dict[str, Any]:
             trained = run.trained
         runs.append({"seed": seed, "train_seconds": train_seconds})
         rows += _bundle_rows(
-            trained, names, split, out, seed_dir, seed, calls=calls if index == 0 else None
+            trained,
+            names,
+            split,
+            out,
+            seed_dir,
+            seed,
+            user_scores,
+            calls=calls if index == 0 else None,
         )
     rows += [baseline_row(result) for result in baselines.values()]
     results = {
         "rows": rows,
-        "summary": summarize(rows),
+        "summary": summarize(rows, user_scores),
         "runs": runs,
         "machine": machine_info(),
         "data": {
@@ -254,11 +270,16 @@ def _bundle_rows(
     out: Path,
     seed_dir: Path,
     seed: int,
+    user_scores: UserScores,
     *,
     calls: int | None,
 ) -> list[dict[str, Any]]:
-    """One row per recipe of one seed's model; latency only when `calls` is given."""
+    """One row per recipe of one seed's model; latency only when `calls` is given.
+
+    Each bundle's per-user NDCG@10 goes into ``user_scores`` for the summary's errors.
+    """
     from pocketrec.compression import compress
+    from pocketrec.evaluation import paired_change
 
     # The latest L test-time events of each user: what a device holds when it recommends.
     recent = trained.config.history_length
@@ -270,6 +291,7 @@ def _bundle_rows(
         bundle_dir = seed_dir / "bundles" / name  # recorded relative to OUT
         result = compress(trained, name, out / bundle_dir, split=split)
         size, test, valid = result.sizes, result.metrics["test"], result.metrics["valid"]
+        user_scores[name, seed] = {"test": test.user_ndcg(10), "valid": valid.user_ndcg(10)}
         _log.LOGGER.info(
             "seed %d, %s: valid ndcg@10 %.4f, test %.4f, %s B gzip (%.0f s)",
             seed,
@@ -310,8 +332,12 @@ def _bundle_rows(
         )
     reference = rows[0]
     for row in rows:
-        for metric in ("hr_at_10", "ndcg_at_10", "mrr", "valid_ndcg_at_10"):
+        for metric in ("hr_at_10", "mrr"):
             row[f"{metric}_change"] = (row[metric] - reference[metric]) / reference[metric]
+        for stage, metric in PAIRED_METRICS.items():
+            row[f"{metric}_change"], row[f"{metric}_change_se"] = paired_change(
+                user_scores[REFERENCE, seed][stage], user_scores[row["variant"], seed][stage]
+            )
         row["size_ratio"] = reference["bundle_bytes"] / row["bundle_bytes"]
         row["gzip_ratio"] = reference["gzip_bytes"] / row["gzip_bytes"]
     return rows
@@ -345,12 +371,19 @@ def baseline_row(result: BaselineResult) -> dict[str, Any]:
     }
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(
+    rows: Sequence[dict[str, Any]], user_scores: UserScores | None = None
+) -> list[dict[str, Any]]:
     """Mean and sample std over seeds of `SUMMARY_METRICS`, one entry per variant.
 
     A deterministic baseline has one row: its std is None. A skipped baseline keeps its
-    reason.
+    reason. With ``user_scores``, each bundle but the reference also gets the change of its
+    seed-mean NDCG@10 from the reference's (``ndcg_at_10_change``,
+    ``valid_ndcg_at_10_change``: ``mean`` and ``se``): each user's NDCG@10 averaged over the
+    seeds, the error taken over users, paired.
     """
+    from pocketrec.evaluation import paired_change
+
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["kind"], row["variant"]), []).append(row)
@@ -366,6 +399,14 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)) if len(values) > 1 else None,
             }
+        if user_scores is not None and kind == "bundle" and variant != REFERENCE:
+            seeds = [row["seed"] for row in group]
+            for stage, metric in PAIRED_METRICS.items():
+                change, error = paired_change(
+                    np.mean([user_scores[REFERENCE, seed][stage] for seed in seeds], axis=0),
+                    np.mean([user_scores[variant, seed][stage] for seed in seeds], axis=0),
+                )
+                entry[f"{metric}_change"] = {"mean": change, "se": error}
         summary.append(entry)
     return summary
 
@@ -373,6 +414,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+def _change(change: float, error: float | None) -> str:
+    return f"{100 * change:+.1f}%" + ("" if error is None else f" ± {100 * error:.1f}%")
 
 
 def _per_seed_cells(row: dict[str, Any]) -> list[str]:
@@ -386,6 +431,11 @@ def _per_seed_cells(row: dict[str, Any]) -> list[str]:
             f"{row['valid_ndcg_at_10']:.4f}", "", "", "", "",
         ]  # fmt: skip
     timed = row["p50_us"] is not None
+    # The reference's error is zero by construction: no point printing it.
+    errors = {
+        metric: None if row["variant"] == REFERENCE else row[f"{metric}_change_se"]
+        for metric in PAIRED_METRICS.values()
+    }
     return [
         row["variant"],
         str(row["seed"]),
@@ -395,9 +445,10 @@ def _per_seed_cells(row: dict[str, Any]) -> list[str]:
         f"{row['size_ratio']:.2f} / {row['gzip_ratio']:.2f}",
         f"{row['hr_at_10']:.4f}",
         f"{row['ndcg_at_10']:.4f}",
-        f"{100 * row['ndcg_at_10_change']:+.1f}%",
+        _change(row["ndcg_at_10_change"], errors["ndcg_at_10"]),
         f"{row['mrr']:.4f}",
-        f"{row['valid_ndcg_at_10']:.4f} ({100 * row['valid_ndcg_at_10_change']:+.1f}%)",
+        f"{row['valid_ndcg_at_10']:.4f} "
+        f"({_change(row['valid_ndcg_at_10_change'], errors['valid_ndcg_at_10'])})",
         f"{row['user_tower_p50_us']:.0f}" if timed else "",
         f"{row['p50_us']:.0f} / {row['p99_us']:.0f}" if timed else "",
         f"{row['load_ms']:.1f}" if timed else "",
@@ -407,12 +458,20 @@ def _per_seed_cells(row: dict[str, Any]) -> list[str]:
 
 def _summary_cells(entry: dict[str, Any]) -> list[str]:
     label = entry["variant"] if entry["kind"] == "bundle" else f"baseline: {entry['variant']}"
+    width = len(SUMMARY_METRICS) + len(PAIRED_METRICS)
     if "skipped" in entry:
-        return [label, "", f"skipped: {entry['skipped']}", *[""] * (len(SUMMARY_METRICS) - 1)]
+        return [label, "", f"skipped: {entry['skipped']}", *[""] * (width - 1)]
     cells = [label, str(entry["seeds"]) if entry["kind"] == "bundle" else "deterministic"]
     for metric in SUMMARY_METRICS:
         mean, std = entry[metric]["mean"], entry[metric]["std"]
         cells.append(f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}")
+    is_reference = entry["kind"] == "bundle" and entry["variant"] == REFERENCE
+    for metric in PAIRED_METRICS.values():
+        change = entry.get(f"{metric}_change")
+        if change is not None:
+            cells.append(_change(change["mean"], change["se"]))
+        else:
+            cells.append("reference" if is_reference else "")
     return cells
 
 
@@ -443,19 +502,21 @@ def results_markdown(results: dict[str, Any]) -> str:
         "",
         f"{results['data']['source']}: {results['data']['users']:,} users, "
         f"{results['data']['items']:,} items; test split of the temporal leave-last-out "
-        f"protocol (validation where marked), full ranking; Δ is relative to float32 of the "
-        f"same seed. {training}{baselines}"
+        f"protocol (validation where marked), full ranking; Δ is relative to {REFERENCE} of "
+        f"the same seed, ± its standard error over users (paired). {training}{baselines}"
         f"Latency (seed {results['latency_seed']}'s bundles only): {results['calls']} calls "
         f"after warm-up, 1 thread, {machine['cpu']} ({machine['cores']} cores); {versions}.",
     ]
     if len(results["seeds"]) > 1:
         summary_header = [
             "variant", "seeds", "test NDCG@10", "test HR@10", "test MRR", "valid NDCG@10",
-            "valid HR@10", "valid MRR",
+            "valid HR@10", "valid MRR", "test ΔNDCG@10", "valid ΔNDCG@10",
         ]  # fmt: skip
         lines += [
             "",
-            f"Mean ± sample std over seeds {', '.join(map(str, results['seeds']))}:",
+            f"Mean ± sample std over seeds {', '.join(map(str, results['seeds']))}; Δ is the "
+            f"change of the mean NDCG@10 over those seeds from {REFERENCE}'s, ± its standard "
+            "error over users (each user's NDCG@10 averaged over the seeds, paired):",
             "",
             *_markdown_table(summary_header, [_summary_cells(e) for e in results["summary"]]),
         ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from pocketrec.compression._compress import CompressionResult, checked_parts, co
 from pocketrec.compression._parts import ModelParts
 from pocketrec.compression._recipes import RECIPES, Recipe, get_recipe
 from pocketrec.errors import CompressionError, ConversionError
-from pocketrec.evaluation import Split
+from pocketrec.evaluation import Split, paired_change
 
 if TYPE_CHECKING:
     from pocketrec.training import TrainedModel
@@ -256,16 +255,11 @@ def _paired_drop(
     baseline: CompressionResult, result: CompressionResult, stage: str
 ) -> tuple[float, float]:
     """Relative NDCG@10 drop on ``stage`` and its standard error over the same users."""
-    base = baseline.ndcg_at_10(stage)
-    if base <= 0:
-        raise CompressionError(
-            f"the float32 bundle has NDCG@10 {base} on {stage}; a relative drop is "
-            "undefined. Train the model before compressing it"
-        )
     # Per-user NDCG@10 from the ranks `evaluate` measured through the SDK: no re-scoring.
-    differences = baseline.metrics[stage].user_ndcg(10) - result.metrics[stage].user_ndcg(10)
-    se = float(differences.std(ddof=1) / math.sqrt(len(differences)) / base)
-    return (base - result.ndcg_at_10(stage)) / base, se
+    change, error = paired_change(
+        baseline.metrics[stage].user_ndcg(10), result.metrics[stage].user_ndcg(10)
+    )
+    return -change, error
 
 
 def _kib(n: int) -> str:

@@ -171,6 +171,44 @@ def test_summary_is_the_mean_and_std_over_seeds_with_baselines_listed_once(quick
     assert "Latency (seed 0's bundles only)" in markdown
 
 
+def test_each_change_from_float32_carries_its_paired_error_per_seed_and_over_seeds(quick_run):
+    out, results, _ = quick_run
+    markdown = (out / "results.md").read_text()
+    for seed in (0, 1):
+        float32, *others = seed_rows(results, seed)
+        assert float32["variant"] == "float32"
+        assert float32["ndcg_at_10_change"] == float32["ndcg_at_10_change_se"] == 0.0
+        for row in others:
+            for metric in ("ndcg_at_10", "valid_ndcg_at_10"):
+                change, error = row[f"{metric}_change"], row[f"{metric}_change_se"]
+                assert change == pytest.approx(row[metric] / float32[metric] - 1)
+                # A change needs users whose NDCG@10 moved, and then they move unequally.
+                assert (error > 0) == (change != 0)
+            cell = (
+                f"{100 * row['ndcg_at_10_change']:+.1f}% ± {100 * row['ndcg_at_10_change_se']:.1f}%"
+            )
+            assert cell in markdown
+    summary = {(e["kind"], e["variant"]): e for e in results["summary"]}
+    assert "ndcg_at_10_change" not in summary["bundle", "float32"]
+    summary_line = next(
+        line for line in markdown.splitlines() if line.startswith("| float32 | 2 |")
+    )
+    assert summary_line.endswith("| reference | reference |")
+    assert "ndcg_at_10_change" not in summary["baseline", "ease"]
+    for variant in ("int8+int8-table", "int8+int4-table"):
+        for metric in ("ndcg_at_10", "valid_ndcg_at_10"):
+            pairs = [
+                (seed_rows(results, s)[0], row) for s in (0, 1) for row in seed_rows(results, s)
+            ]
+            pairs = [(f, row) for f, row in pairs if row["variant"] == variant]
+            change = summary["bundle", variant][f"{metric}_change"]
+            # The seed-mean NDCG@10 against float32's seed mean.
+            expected = sum(row[metric] for _, row in pairs) / sum(f[metric] for f, _ in pairs) - 1
+            assert change["mean"] == pytest.approx(expected)
+            assert change["se"] >= 0
+            assert f"{100 * change['mean']:+.1f}% ± {100 * change['se']:.1f}%" in markdown
+
+
 def test_a_skipped_baseline_is_a_row_with_its_reason_in_json_and_markdown():
     from pocketrec.evaluation import leave_last_out, run_baselines
 

@@ -17,6 +17,7 @@ from pocketrec.evaluation import (
     evaluate,
     leave_last_out,
     metrics_table,
+    paired_change,
     run_baselines,
     target_ranks,
 )
@@ -160,6 +161,32 @@ def test_evaluate_returns_each_users_rank_so_models_compare_user_by_user():
     assert "ranks" not in metrics.as_dict()
     with pytest.raises(ValueError, match="read-only"):
         metrics.ranks[0] = 9.0
+
+
+def test_paired_change_is_relative_to_the_reference_and_its_error_ignores_shared_user_spread():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.0, 1.0, 400)
+    # The same shift for every user: exact, however much the users differ.
+    assert paired_change(reference, reference - 0.05) == pytest.approx(
+        (-0.05 / reference.mean(), 0.0), abs=1e-12
+    )
+    assert paired_change(reference, reference) == (0.0, 0.0)
+    noise = rng.normal(0.0, 0.1, 400)
+    change, error = paired_change(reference, reference + noise)
+    assert change == pytest.approx(noise.mean() / reference.mean())
+    assert error == pytest.approx(noise.std(ddof=1) / math.sqrt(400) / reference.mean())
+    # Four times the users, half the error.
+    _, error_4x = paired_change(np.tile(reference, 4), np.tile(reference + noise, 4))
+    assert error_4x == pytest.approx(error / 2, rel=0.01)
+
+
+def test_paired_change_refuses_unpaired_figures_and_a_reference_without_signal():
+    with pytest.raises(ValueError, match="same two or more users"):
+        paired_change(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="same two or more users"):
+        paired_change(np.ones(1), np.ones(1))
+    with pytest.raises(PocketrecError, match="relative change is undefined"):
+        paired_change(np.zeros(3), np.ones(3))
 
 
 def test_evaluate_rejects_scores_of_the_wrong_shape():

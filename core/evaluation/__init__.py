@@ -13,7 +13,13 @@ from pocketrec.evaluation._baselines import (
     run_baselines,
     tune,
 )
-from pocketrec.evaluation._metrics import Metrics, ScoreFn, evaluate, target_ranks
+from pocketrec.evaluation._metrics import (
+    Metrics,
+    ScoreFn,
+    evaluate,
+    paired_change,
+    target_ranks,
+)
 from pocketrec.evaluation._queries import QUERY_KINDS, STOP_WORDS, content_words, typo
 from pocketrec.evaluation._report import TableRow, metrics_table
 from pocketrec.evaluation._split import Split, leave_last_out
@@ -38,6 +44,7 @@ __all__ = [
     "indicator_matrix",
     "leave_last_out",
     "metrics_table",
+    "paired_change",
     "run_baselines",
     "target_ranks",
     "tune",

@@ -65,6 +65,35 @@ def _ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
     return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
+def paired_change(reference: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """Relative change of ``values``' mean from ``reference``'s, and its standard error.
+
+    Both are per-user figures of the same users in the same order (`Metrics.user_ndcg`
+    of two models on one split). The error is that of the mean per-user difference:
+    paired, it leaves out how much users differ from each other, which both models share.
+
+    Returns:
+        ``(change, standard_error)``, both relative to ``reference``'s mean; a change
+        within about two standard errors of zero is noise.
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    if reference.ndim != 1 or reference.shape != values.shape or len(reference) < 2:
+        raise ValueError(
+            "expected per-user figures of the same two or more users, got shapes "
+            f"{list(reference.shape)} and {list(values.shape)}"
+        )
+    base = float(reference.mean())
+    if not base > 0:
+        raise PocketrecError(
+            f"the reference's mean is {base}; a relative change is undefined (is the "
+            "reference model trained?)"
+        )
+    differences = values - reference
+    error = float(differences.std(ddof=1)) / np.sqrt(len(differences)) / base
+    return float(differences.mean()) / base, float(error)
+
+
 def target_ranks(scores: np.ndarray, targets: np.ndarray, exclude: list[np.ndarray]) -> np.ndarray:
     """0-based rank of each target among the non-excluded items.
 
