@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from pocketrec.data import Interactions
     from pocketrec.evaluation import Split
     from pocketrec.sdk import Recommender
-    from pocketrec.training import TrainConfig
+    from pocketrec.training import TrainConfig, TrainingRun
 
 # The extras a command needs, as (importable module, what it is, extra that installs it);
 # each extra includes the ones before it.
@@ -269,9 +269,16 @@ def _demo(args: argparse.Namespace) -> int:
     print()
     print("Full-ranking metrics, temporal leave-last-out (test = last event per user):")
     print(metrics_table(rows))
+    _print_lead(run, "pocketrec (Keras)")
     print(f"\nbundle: {run.bundle}  tensorboard: {run.tensorboard_dir}")
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _print_lead(run: TrainingRun, label: str) -> None:
+    lead = run.lead()
+    if lead is not None:
+        print(f"{label}, {lead.describe()}")
 
 
 def _demo_data(data: str | None) -> Interactions:
@@ -391,7 +398,9 @@ def _train(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         tune_seconds=None if args.tune is None else 60 * args.tune,
     )
-    print(metrics_table(run.table_rows(f"pocketrec ({run.trained.config.encoder})")))
+    label = f"pocketrec ({run.trained.config.encoder})"
+    print(metrics_table(run.table_rows(label)))
+    _print_lead(run, label)
     print(f"best epoch {run.trained.best_epoch}; model: {run.model_dir}")
     print(f"tensorboard --logdir {run.tensorboard_dir}")
     return 0

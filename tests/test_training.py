@@ -17,7 +17,7 @@ from _training_fixtures import (
 )
 
 from pocketrec.errors import DataError
-from pocketrec.evaluation import EASE, Popularity, evaluate
+from pocketrec.evaluation import EASE, BaselineResult, Popularity, evaluate, run_baselines
 from pocketrec.sdk import Recommender, encode_histories, read_manifest
 from pocketrec.training import (
     SEARCH_SPACE,
@@ -35,6 +35,7 @@ from pocketrec.training import (
     user_tower_from_encoder,
 )
 from pocketrec.training.item_features import RIDGE_GRID
+from pocketrec.training.pipeline import baseline_lead
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +379,24 @@ def test_tune_refuses_a_negative_budget_and_unknown_settings() -> None:
         tune(tiny_split(), 0.0, space={"dropout": ()})
     with pytest.raises(ValueError, match="space has no settings"):
         tune(tiny_split(), 0.0, space={})
+
+
+def test_the_lead_is_over_the_baseline_best_on_validation_with_a_paired_error():
+    split = tiny_split()
+    baselines = run_baselines(split, progress=False)
+    measured = {name: r for name, r in baselines.items() if r.test is not None}
+    best = max(measured.values(), key=lambda r: r.valid.ndcg_at_10)
+    worst = min(measured.values(), key=lambda r: r.test.ndcg_at_10)
+    assert best.name != worst.name
+    # The best baseline itself: no lead, and no error since every user scores the same.
+    same = baseline_lead(baselines, best.test)
+    assert (same.baseline, same.change, same.error) == (best.name, 0.0, 0.0)
+    lead = baseline_lead(baselines, worst.test)
+    assert lead.baseline == best.name and lead.users == worst.test.users
+    assert lead.change == pytest.approx(worst.test.ndcg_at_10 / best.test.ndcg_at_10 - 1)
+    assert lead.error > 0
+    assert f"{lead.change:+.1%} ± {lead.error:.1%}" in lead.describe()
+    # A skipped baseline has nothing to compare; with none measured there is no lead.
+    skipped = {"ease": BaselineResult("ease", {}, None, None, skipped="over the budget")}
+    assert baseline_lead({**measured, **skipped}, worst.test) == lead
+    assert baseline_lead(skipped, worst.test) is None

@@ -33,6 +33,12 @@ def test_training_into_a_pipe_logs_stage_lines_without_progress_spam(tmp_path: P
     assert "epoch 1/1: loss " in done.stderr
     assert len(done.stderr) < 1000, done.stderr
     assert re.search(r"\| pocketrec \((attention|mean|linear)\) \|", done.stdout)
+    assert re.search(
+        r"^pocketrec \(\w+\), test NDCG@10 against [\w-]+, the best baseline on validation: "
+        r"[+-]\d+\.\d% ± \d+\.\d% \(standard error over \d+ users, paired\)$",
+        done.stdout,
+        re.MULTILINE,
+    ), done.stdout
 
 
 @pytest.mark.parametrize("command", ["train", "export"])

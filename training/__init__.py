@@ -18,7 +18,7 @@ from pocketrec.training.model import (
     title_word_ids,
     user_tower_from_encoder,
 )
-from pocketrec.training.pipeline import TrainingRun, run_training
+from pocketrec.training.pipeline import BaselineLead, TrainingRun, run_training
 from pocketrec.training.tuning import SEARCH_SPACE, tune
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "LOSSES",
     "OBJECTIVES",
     "SEARCH_SPACE",
+    "BaselineLead",
     "ModelConfig",
     "TrainConfig",
     "TrainedModel",

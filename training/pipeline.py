@@ -19,6 +19,7 @@ from pocketrec.evaluation import (
     Split,
     TableRow,
     evaluate,
+    paired_change,
     run_baselines,
 )
 from pocketrec.training._trained import TrainedModel
@@ -31,6 +32,31 @@ MODEL_SUBDIR = "model"
 TENSORBOARD_SUBDIR = "tensorboard"
 METRICS_FILE = "metrics.json"
 BUNDLE_SUBDIR = "bundle"
+
+
+@dataclass(frozen=True)
+class BaselineLead:
+    """How far the model is ahead of the baseline that scored best on validation, on test.
+
+    Attributes:
+        baseline: that baseline's name.
+        change: the model's test NDCG@10 relative to the baseline's (+0.05: 5% ahead).
+        error: the standard error of ``change`` over the test users (paired: both rank
+            the same users, so how much users differ cancels out).
+        users: how many test users both were scored on.
+    """
+
+    baseline: str
+    change: float
+    error: float
+    users: int
+
+    def describe(self) -> str:
+        return (
+            f"test NDCG@10 against {self.baseline}, the best baseline on validation: "
+            f"{self.change:+.1%} ± {self.error:.1%} (standard error over {self.users:,} "
+            "users, paired)"
+        )
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,30 @@ class TrainingRun:
         }
         rows[label] = (self.valid, self.test)
         return rows
+
+    def lead(self) -> BaselineLead | None:
+        """The model against the baseline that scored best on validation (`baseline_lead`)."""
+        return baseline_lead(self.baselines, self.test)
+
+
+def baseline_lead(baselines: dict[str, BaselineResult], test: Metrics) -> BaselineLead | None:
+    """``test`` (a model's test metrics) against the baseline best on validation.
+
+    None when no baseline ran or that one scored nothing on test (no relative change
+    exists). The baseline is chosen on validation, so its test score is not picked for luck.
+    """
+    measured = [
+        (result.valid.ndcg_at_10, name, result.test)
+        for name, result in baselines.items()
+        if result.valid is not None and result.test is not None
+    ]
+    if not measured:
+        return None
+    _, name, baseline = max(measured, key=lambda entry: entry[0])
+    if not baseline.ndcg_at_10 > 0:
+        return None
+    change, error = paired_change(baseline.user_ndcg(10), test.user_ndcg(10))
+    return BaselineLead(name, change, error, test.users)
 
 
 def run_training(
