@@ -9,6 +9,7 @@ from _training_fixtures import tiny_split
 from pocketrec.benchmarks.cold_bench import (
     ColdBenchConfig,
     cold_markdown,
+    compared_rankings,
     run_cold_bench,
     without_items,
 )
@@ -61,4 +62,39 @@ def test_cold_bench_reports_new_users_and_new_items_beside_their_baselines() -> 
     for table in ("new_users", "new_items"):
         for metrics in results[table].values():
             assert 0.0 <= metrics["ndcg@10"] <= metrics["hr@10"] <= 1.0
-    assert "features only" in cold_markdown(results)
+    markdown = cold_markdown(results)
+    assert "features only" in markdown
+    for table, reference in (
+        ("new_users", "popularity"),
+        ("new_items", "popularity (oracle counts)"),
+    ):
+        base = results[table][reference]
+        assert "vs_reference" not in base
+        for name, metrics in results[table].items():
+            if name == reference or base["ndcg@10"] == 0:
+                continue
+            versus = metrics["vs_reference"]
+            assert versus["reference"] == reference
+            assert versus["change"] == pytest.approx(metrics["ndcg@10"] / base["ndcg@10"] - 1)
+            assert f"{versus['change']:+.1%} ± {versus['se']:.1%}" in markdown
+
+
+def test_rankings_are_compared_with_the_reference_target_by_target() -> None:
+    ranks = {
+        "popularity": np.array([0.0, 20.0, 3.0, 50.0]),
+        "better": np.array([0.0, 1.0, 3.0, 50.0]),
+        "same": np.array([0.0, 20.0, 3.0, 50.0]),
+    }
+    compared = compared_rankings(ranks, "popularity")
+    assert "vs_reference" not in compared["popularity"]
+    gain = 1 / np.log2(3)  # the second target moves from rank 20 to rank 1
+    base = (1 + 1 / np.log2(5)) / 4
+    better = compared["better"]["vs_reference"]
+    assert better["change"] == pytest.approx(gain / 4 / base)
+    assert better["se"] == pytest.approx(np.std([0, gain, 0, 0], ddof=1) / 2 / base)
+    assert compared["same"]["vs_reference"] == {"reference": "popularity", "change": 0.0, "se": 0.0}
+    # A reference that scored nothing leaves no relative change to report.
+    nothing = compared_rankings(
+        {"popularity": np.array([30.0, 40.0]), "x": np.zeros(2)}, "popularity"
+    )
+    assert "vs_reference" not in nothing["x"]
