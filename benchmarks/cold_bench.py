@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pocketrec.evaluation import Split, paired_change
-from pocketrec.evaluation._metrics import target_ranks
+from pocketrec.evaluation._metrics import _ndcg, target_ranks
 
 HOLDOUT = 0.1
 
@@ -50,7 +50,7 @@ class ColdBenchConfig:
 def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
     """NDCG@10, HR@10 and the count of 0-based ``ranks``."""
     ranks = np.asarray(ranks, dtype=np.float64)
-    ndcg = _ndcg_at_10(ranks)
+    ndcg = _ndcg(ranks, 10)
     return {
         "ndcg@10": float(ndcg.mean()) if len(ranks) else 0.0,
         "hr@10": float((ranks < 10).mean()) if len(ranks) else 0.0,
@@ -58,20 +58,16 @@ def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
     }
 
 
-def _ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
-    return np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
-
-
 def compared_rankings(ranks: dict[str, np.ndarray], reference: str) -> dict[str, dict[str, Any]]:
     """`ranking_metrics` of each ranking of the same targets, and for all but ``reference``
     the change of NDCG@10 from it (``vs_reference``: ``change`` and its paired ``se``),
     where that change exists (two or more targets, a reference that scored)."""
-    base = _ndcg_at_10(np.asarray(ranks[reference], dtype=np.float64))
+    base = _ndcg(np.asarray(ranks[reference], dtype=np.float64), 10)
     compared: dict[str, dict[str, Any]] = {}
     for name, ranking in ranks.items():
         metrics: dict[str, Any] = ranking_metrics(ranking)
         if name != reference and len(base) > 1 and base.mean() > 0:
-            change, error = paired_change(base, _ndcg_at_10(np.asarray(ranking, np.float64)))
+            change, error = paired_change(base, _ndcg(np.asarray(ranking, np.float64), 10))
             metrics["vs_reference"] = {"reference": reference, "change": change, "se": error}
         compared[name] = metrics
     return compared
