@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pocketrec.compression._compress import CompressionResult, checked_parts, compress
 from pocketrec.compression._parts import ModelParts
 from pocketrec.compression._recipes import RECIPES, Recipe, get_recipe
-from pocketrec.errors import CompressionError, ConversionError
+from pocketrec.errors import CompressionError, ConversionError, PocketrecError
 from pocketrec.evaluation import Split, paired_change
 
 if TYPE_CHECKING:
@@ -256,9 +256,15 @@ def _paired_drop(
 ) -> tuple[float, float]:
     """Relative NDCG@10 drop on ``stage`` and its standard error over the same users."""
     # Per-user NDCG@10 from the ranks `evaluate` measured through the SDK: no re-scoring.
-    change, error = paired_change(
-        baseline.metrics[stage].user_ndcg(10), result.metrics[stage].user_ndcg(10)
-    )
+    try:
+        change, error = paired_change(
+            baseline.metrics[stage].user_ndcg(10), result.metrics[stage].user_ndcg(10)
+        )
+    except PocketrecError as undefined:
+        raise CompressionError(
+            f"the float32 bundle has NDCG@10 {baseline.ndcg_at_10(stage)} on {stage}; a "
+            "relative drop is undefined. Train the model before compressing it"
+        ) from undefined
     return -change, error
 
 

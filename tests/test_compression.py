@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,9 +56,9 @@ from pocketrec.compression import (
     unique_weight_counts,
     weight_sparsity,
 )
-from pocketrec.compression._auto import REPORT_JSON, REPORT_MARKDOWN
+from pocketrec.compression._auto import REPORT_JSON, REPORT_MARKDOWN, _paired_drop
 from pocketrec.errors import CompressionError
-from pocketrec.evaluation import Split
+from pocketrec.evaluation import Metrics, Split
 from pocketrec.sdk import ItemTable, Recommender, encode_histories, read_manifest
 from pocketrec.training import TrainedModel
 
@@ -680,3 +682,19 @@ def _cli(argv: list[str]) -> int:
     from pocketrec.cli import main
 
     return main(["compress", *argv])
+
+
+def test_a_drop_against_a_float32_bundle_that_ranks_nothing_is_a_compression_error() -> None:
+    def bundle(ranks: list[float]) -> Any:
+        metrics = Metrics(
+            users=len(ranks),
+            hr={10: 0.0},
+            ndcg={10: 0.0},
+            mrr=0.0,
+            ranks=np.asarray(ranks),
+            user_rows=np.arange(len(ranks)),
+        )
+        return SimpleNamespace(metrics={"valid": metrics}, ndcg_at_10=lambda stage: 0.0)
+
+    with pytest.raises(CompressionError, match=r"NDCG@10 0\.0 on valid; a relative drop"):
+        _paired_drop(bundle([40.0, 50.0, 60.0]), bundle([0.0, 1.0, 2.0]), "valid")
