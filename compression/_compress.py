@@ -16,7 +16,7 @@ import numpy as np
 from pocketrec.compression._accelerators import AcceleratorReport, accelerator_coverage
 from pocketrec.compression._cluster import cluster, unique_weight_counts
 from pocketrec.compression._inspect import ModelInfo, inspect_model
-from pocketrec.compression._parts import ModelParts
+from pocketrec.compression._parts import ModelParts, converted_tower
 from pocketrec.compression._prune import prune, weight_sparsity
 from pocketrec.compression._ptq import (
     calibration_user_vectors,
@@ -208,7 +208,7 @@ def compress(
         else None
     )
     model = post_training_quantize(
-        parts.user_tower,
+        converted_tower(parts),
         recipe.quantization,
         representative,
         batch_size=recipe.batch_size,

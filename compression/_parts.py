@@ -25,7 +25,7 @@ from pocketrec.evaluation import Split
 from pocketrec.sdk.contract import HISTORY_INPUT, MASK_INPUT
 from pocketrec.training.convert import user_tower_shape
 from pocketrec.training.fit import make_windows, seen_pairs
-from pocketrec.training.model import user_tower_from_encoder
+from pocketrec.training.model import fold_attention_biases, user_tower_from_encoder
 
 ITEM_TABLE_LAYER = "item_table"
 
@@ -134,6 +134,17 @@ def private_copy(model: tf_keras.Model) -> tf_keras.Model:
         ) from error
     copy_weights(model, cloned)
     return cloned
+
+
+def converted_tower(parts: ModelParts) -> tf_keras.Model:
+    """The user tower to convert: a copy whose attention biases are folded away
+    (`fold_attention_biases`, exact), or the quantization-aware tower as it is, whose
+    learned ranges include them."""
+    if parts.quantization_aware:
+        return parts.user_tower
+    tower = private_copy(parts.user_tower)
+    fold_attention_biases(tower)
+    return tower
 
 
 def rewrap(

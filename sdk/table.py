@@ -13,9 +13,11 @@ dimension ``D``:
   ``[N, ceil(D / 2)]``, column ``2j`` in the low nibble and ``2j + 1`` in the high nibble
   of byte ``j`` (an odd ``D`` is padded with one zero column).
 
-Scales are float16 (2 bytes a row instead of 4; their rounding, under 0.05%, is far below
-a quantization step) unless a row's scale is outside float16's normal range, in which case
-the whole table keeps float32 scales. Values are quantized against the stored scales.
+Scales keep 6 significant bits, rounded up, stored as float16 (2 bytes a row instead of 4)
+unless a row's scale is outside float16's normal range, in which case the whole table
+keeps float32 scales. Values are quantized against the stored scales, so the rounding
+only makes a row's steps up to 3% coarser; it saves ~5 of the 16 bits a row after gzip
+(1 KB of ML-100K's 50 KB int4 table).
 
 Scores are computed from the stored form, block by block, so a compressed table never
 needs a float32 copy of itself in memory.
@@ -147,7 +149,7 @@ class ItemTable:
         if dtype == "float16":
             return cls(vectors.astype(np.float16), dtype=dtype, dim=dim)
         levels = _INT_LEVELS[dtype]
-        scales = np.abs(vectors).max(axis=1) / levels
+        scales = _coarse_scales(np.abs(vectors).max(axis=1) / levels)
         if users is not None:
             scales = _clipped_scales(vectors, scales, levels, users)
         scales = _stored_scales(scales)
@@ -387,13 +389,24 @@ def _clipped_scales(
         full = chosen[start : start + block].copy()
         least = np.full(rows.shape[0], np.inf, dtype=np.float32)
         for clipping in _CLIPPINGS:
-            candidate = full * clipping
+            candidate = _coarse_scales(full * clipping)
             error = _rounded(rows, candidate, levels) * candidate[:, None] - rows
             cost = np.einsum("nd,nd->n", error @ moment, error)
             better = cost < least
             least[better] = cost[better]
             chosen[start : start + block][better] = candidate[better]
     return chosen
+
+
+_SCALE_BITS = 6
+
+
+def _coarse_scales(scales: np.ndarray) -> np.ndarray:
+    """float32 ``scales`` rounded up to `_SCALE_BITS` significant bits: fewer distinct
+    low bytes for gzip, and a row's largest value still fits its levels."""
+    mantissa, exponent = np.frexp(scales.astype(np.float32))
+    steps = np.float32(1 << _SCALE_BITS)
+    return np.ldexp(np.ceil(mantissa * steps) / steps, exponent).astype(np.float32)
 
 
 def _stored_scales(scales: np.ndarray) -> np.ndarray:

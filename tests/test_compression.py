@@ -137,6 +137,21 @@ def test_recipes_leave_the_parts_they_compress_untouched(
         np.testing.assert_array_equal(old, new)
 
 
+def test_float32_bundle_scores_as_the_tower_does_without_its_attention_biases(
+    bundles: dict[str, CompressionResult], parts: ModelParts, split: Split
+) -> None:
+    # The conversion folds the key and value biases away (fold_attention_biases): the
+    # trained tower has them, the shipped one computes the same vectors without.
+    assert parts.user_tower.get_layer("block0_key").get_weights()[1].any()
+    histories = split.histories("valid")[:20]
+    table = ItemTable.quantize(parts.item_vectors, "float32")
+    history, mask = encode_histories(table, histories, parts.history_length)
+    users = np.asarray(parts.user_tower({"history": history, "mask": mask}, training=False))
+    with Recommender.open(bundles["float32"].bundle) as recommender:
+        scores = recommender.score_rows(histories)
+    np.testing.assert_allclose(scores, users @ parts.item_vectors.T, rtol=1e-4, atol=1e-4)
+
+
 def test_manifest_records_recipe_quantization_and_accelerator(
     bundles: dict[str, CompressionResult],
 ) -> None:

@@ -25,10 +25,16 @@ def _reference_dequantized(vectors: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "float16":
         return vectors.astype(np.float16).astype(np.float32)
     levels = {"int8": 127, "int4": 7}[dtype]
-    scale = (np.abs(vectors).max(axis=1, keepdims=True) / levels).astype(np.float16)
-    scale = scale.astype(np.float32)
+    scale = _six_bit_ceiling(np.abs(vectors).max(axis=1, keepdims=True) / levels)
     q = np.round(np.divide(vectors, scale, out=np.zeros_like(vectors), where=scale > 0))
     return (q * scale).astype(np.float32)
+
+
+def _six_bit_ceiling(scales: np.ndarray) -> np.ndarray:
+    """``scales`` rounded up to a multiple of 2^-5 of their leading power of two."""
+    nonzero = np.where(scales > 0, scales, 1.0)
+    step = 2.0 ** (np.floor(np.log2(nonzero)) - 5)
+    return np.where(scales > 0, np.ceil(nonzero / step) * step, 0.0).astype(np.float32)
 
 
 @pytest.mark.parametrize("dtype", TABLE_DTYPES)
@@ -61,12 +67,27 @@ def test_scores_equal_dot_products_with_dequantized_table(dtype: str, batch: int
 def test_integer_round_trip_error_is_at_most_half_a_step(dtype: str, levels: int) -> None:
     vectors = _vectors()
     table = ItemTable.quantize(vectors, dtype)
-    step = np.abs(vectors).max(axis=1, keepdims=True) / levels
+    step = table.scales.astype(np.float32)[:, None]
+    # Rounded up to 6 significant bits, a step is at most 2^-5 coarser than max|row| / levels.
+    smallest = np.abs(vectors).max(axis=1, keepdims=True) / levels
+    assert (step >= smallest).all()
+    assert (step <= smallest * (1 + 2.0**-5)).all()
     error = np.abs(table.dequantized() - vectors)
-    # float16 scales move each value by at most 2^-11 of the row's maximum.
-    slack = np.abs(vectors).max(axis=1, keepdims=True) * 2.0**-11
-    assert (error <= step / 2 + slack + 1e-7).all()
+    assert (error <= step / 2 + 1e-6 * step).all()
     np.testing.assert_array_equal(table.dequantized()[3], 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_scales_keep_six_significant_bits(dtype: str) -> None:
+    rng = np.random.default_rng(4)
+    users = rng.standard_normal((50, 13)).astype(np.float32)
+    for table in (
+        ItemTable.quantize(_vectors(), dtype),
+        ItemTable.quantize(_vectors(), dtype, users=users),
+    ):
+        scales = table.scales.astype(np.float32)
+        assert (scales > 0).any()
+        np.testing.assert_array_equal(scales, _six_bit_ceiling(scales))
 
 
 # Coarse int4 steps gain most from clipping; int8's are fine already.

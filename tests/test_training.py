@@ -35,6 +35,7 @@ from pocketrec.training import (
     user_tower_from_encoder,
 )
 from pocketrec.training.item_features import RIDGE_GRID
+from pocketrec.training.model import fold_attention_biases
 from pocketrec.training.pipeline import baseline_lead
 
 
@@ -134,6 +135,34 @@ def test_attention_user_vector_ignores_padding_rows() -> None:
         np.asarray(tower({"history": noisy, "mask": mask})),
         atol=1e-4,
     )
+
+
+def test_folding_the_attention_biases_keeps_the_user_vectors() -> None:
+    tower = build_user_tower(tiny_model_config(num_blocks=2))
+    rng = np.random.default_rng(0)
+    for layer in tower.layers:  # fresh biases are zeros: give every weight a value
+        layer.set_weights([w + rng.normal(0.0, 0.3, w.shape) for w in layer.get_weights()])
+    history, mask = random_inputs(HISTORY_LENGTH + 1, HISTORY_LENGTH, DIM)
+    inputs = {"history": history, "mask": mask}
+    before = np.asarray(tower(inputs))
+    output_biases = [tower.get_layer(f"block{b}_output").get_weights()[1] for b in (0, 1)]
+
+    assert fold_attention_biases(tower) == 2
+
+    np.testing.assert_allclose(np.asarray(tower(inputs)), before, atol=1e-4)
+    for block, output_bias in enumerate(output_biases):
+        for part in ("key", "value"):
+            assert not tower.get_layer(f"block{block}_{part}").get_weights()[1].any()
+        folded = tower.get_layer(f"block{block}_output").get_weights()[1]
+        assert not np.allclose(folded, output_bias)
+
+
+def test_folding_leaves_towers_without_attention_blocks_alone() -> None:
+    tower = build_user_tower(tiny_model_config(encoder="mean"))
+    weights = tower.get_weights()
+    assert fold_attention_biases(tower) == 0
+    for before, after in zip(weights, tower.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
 
 
 def test_item_tower_adds_genres_and_title_words_only_when_asked() -> None:

@@ -404,6 +404,32 @@ def _attention_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig)
     return tf_keras.layers.LayerNormalization(epsilon=1e-6, name=_OUTPUT_NORM)(x)
 
 
+def fold_attention_biases(model: tf_keras.Model) -> int:
+    """Zeroes the key and value biases of ``model``'s attention blocks, in place, without
+    changing what it computes; returns the number of blocks.
+
+    A key bias adds ``query . bias`` to all of a query's logits, which softmax ignores; a
+    query's weights sum to 1, so a value bias passes through the attention unchanged and
+    moves into the output layer's bias as ``value_bias @ output_kernel``. Zeros gzip to
+    nothing: 0.7 KB of the default int8 tower. Models without the attention encoder's
+    layers (other encoders, tfmot's quantization wrappers) are left as they are.
+    """
+    names = {layer.name for layer in model.layers}
+    block = 0
+    while {f"block{block}_{part}" for part in ("key", "value", "output")} <= names:
+        key, value, output = (
+            model.get_layer(f"block{block}_{part}") for part in ("key", "value", "output")
+        )
+        key_kernel, key_bias = key.get_weights()
+        value_kernel, value_bias = value.get_weights()
+        output_kernel, output_bias = output.get_weights()
+        key.set_weights([key_kernel, np.zeros_like(key_bias)])
+        value.set_weights([value_kernel, np.zeros_like(value_bias)])
+        output.set_weights([output_kernel, output_bias + value_bias @ output_kernel])
+        block += 1
+    return block
+
+
 def _add_follow(sequence: tf.Tensor, follow: tf.Tensor, mask: tf.Tensor, window: int) -> tf.Tensor:
     # Position t adds the follow vectors of items t, t-1, ... (weights 1, 1/2, ...; the
     # last-item baseline's) as a banded matmul, and gets zeros where the table's follow
