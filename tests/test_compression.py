@@ -491,6 +491,16 @@ def test_keras3_model_is_refused_with_the_fix() -> None:
     assert "tf_keras" in str(info.value)
 
 
+def test_a_tower_without_attention_blocks_converts_without_being_copied(
+    split: Split, tmp_path: Path
+) -> None:
+    # Only fine-tuning and the attention-bias fold need a copy of the tower.
+    parts = ModelParts(uncloneable_user_tower(), random_vectors(split.num_items))
+    result = compress(parts, "int8", tmp_path / "b", split=split, measure=False, probe_gpu=False)
+    with Recommender.open(result.bundle) as recommender:
+        assert recommender.score_rows(split.histories("valid")[:3]).shape == (3, split.num_items)
+
+
 def test_layer_that_cannot_be_rebuilt_is_named_with_the_fix(split: Split) -> None:
     parts = ModelParts(uncloneable_user_tower(), random_vectors(split.num_items))
     with pytest.raises(CompressionError, match=r"scaled \(ScaledDense\)") as info:

@@ -385,7 +385,7 @@ def _attention_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig)
     if heads > 1:
         logit_bias = logit_bias[:, None]  # [B, 1, L, L], broadcast over heads
     for block in range(config.num_blocks):
-        name = f"block{block}"
+        name = _block_name(block)
         h = tf_keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_attention_norm")(x)
         query = _split_heads(_per_row(tf_keras.layers.Dense(dim, name=f"{name}_query"), h), heads)
         key = _split_heads(_per_row(tf_keras.layers.Dense(dim, name=f"{name}_key"), h), heads)
@@ -404,31 +404,47 @@ def _attention_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig)
     return tf_keras.layers.LayerNormalization(epsilon=1e-6, name=_OUTPUT_NORM)(x)
 
 
+def _block_name(block: int) -> str:
+    """The prefix of attention block ``block``'s layer names."""
+    return f"block{block}"
+
+
+# The layers of a block whose biases `fold_attention_biases` moves.
+_FOLDED_PARTS = ("key", "value", "output")
+
+
+def attention_blocks(model: tf_keras.Model) -> list[tuple[tf_keras.layers.Layer, ...]]:
+    """The key, value and output layers of each of ``model``'s attention blocks, in order.
+
+    Empty for models without the attention encoder's layers (other encoders, or layers
+    renamed by tfmot's quantization wrappers).
+    """
+    names = {layer.name for layer in model.layers}
+    blocks = []
+    while all(f"{_block_name(len(blocks))}_{part}" in names for part in _FOLDED_PARTS):
+        prefix = _block_name(len(blocks))
+        blocks.append(tuple(model.get_layer(f"{prefix}_{part}") for part in _FOLDED_PARTS))
+    return blocks
+
+
 def fold_attention_biases(model: tf_keras.Model) -> int:
-    """Zeroes the key and value biases of ``model``'s attention blocks, in place, without
+    """Zeroes the key and value biases of ``model``'s `attention_blocks`, in place, without
     changing what it computes; returns the number of blocks.
 
     A key bias adds ``query . bias`` to all of a query's logits, which softmax ignores; a
     query's weights sum to 1, so a value bias passes through the attention unchanged and
     moves into the output layer's bias as ``value_bias @ output_kernel``. The converter
-    drops zero biases: 0.6 KB of the default int8 tower's gzip. Models without the
-    attention encoder's layers (other encoders, tfmot's quantization wrappers) are left as
-    they are.
+    drops zero biases: 0.6 KB of the default int8 tower's gzip.
     """
-    names = {layer.name for layer in model.layers}
-    block = 0
-    while {f"block{block}_{part}" for part in ("key", "value", "output")} <= names:
-        key, value, output = (
-            model.get_layer(f"block{block}_{part}") for part in ("key", "value", "output")
-        )
+    blocks = attention_blocks(model)
+    for key, value, output in blocks:
         key_kernel, key_bias = key.get_weights()
         value_kernel, value_bias = value.get_weights()
         output_kernel, output_bias = output.get_weights()
         key.set_weights([key_kernel, np.zeros_like(key_bias)])
         value.set_weights([value_kernel, np.zeros_like(value_bias)])
         output.set_weights([output_kernel, output_bias + value_bias @ output_kernel])
-        block += 1
-    return block
+    return len(blocks)
 
 
 def _add_follow(sequence: tf.Tensor, follow: tf.Tensor, mask: tf.Tensor, window: int) -> tf.Tensor:
