@@ -86,7 +86,7 @@ def main() -> None:
     from pocketrec.compression import post_training_quantize, representative_histories
     from pocketrec.data import synthetic
     from pocketrec.evaluation import leave_last_out
-    from pocketrec.training import ModelConfig, TrainConfig, train
+    from pocketrec.training import ModelConfig, TrainConfig, train, user_tower_from_encoder
 
     split = leave_last_out(synthetic(num_users=args.users, num_items=args.items, seed=0))
     trained = train(
@@ -106,7 +106,8 @@ def main() -> None:
         representative = (
             representative_histories(split, table, length) if quantization == "int8" else None
         )
-        model = post_training_quantize(trained.user_tower, quantization, representative)
+        tower = user_tower_from_encoder(trained.folded_encoder())  # as bundles ship it
+        model = post_training_quantize(tower, quantization, representative)
         outputs = {
             (name, threads): run(model, history, mask, resolver, threads)
             for name, resolver in RESOLVERS.items()

@@ -16,7 +16,7 @@ import numpy as np
 from pocketrec.compression._accelerators import AcceleratorReport, accelerator_coverage
 from pocketrec.compression._cluster import cluster, unique_weight_counts
 from pocketrec.compression._inspect import ModelInfo, inspect_model
-from pocketrec.compression._parts import ModelParts, converted_tower
+from pocketrec.compression._parts import ModelParts
 from pocketrec.compression._prune import prune, weight_sparsity
 from pocketrec.compression._ptq import (
     calibration_user_vectors,
@@ -29,6 +29,7 @@ from pocketrec.compression._recipes import Recipe, get_recipe
 from pocketrec.evaluation import Metrics, Split, evaluate
 from pocketrec.sdk import Bundle, ItemTable, Recommender
 from pocketrec.training.export import cold_start_extra, items_metadata
+from pocketrec.training.model import user_tower_from_encoder
 
 if TYPE_CHECKING:
     from pocketrec.training import TrainedModel
@@ -96,6 +97,8 @@ def model_parts(source: TrainedModel | ModelParts | str | Path) -> ModelParts:
 
     The item tower is folded into its output table (``item_vectors()``); the encoder comes
     along so that fine-tuning predicts the next item at every position, as training does.
+    A trained model's attention kernels are merged (`fold_attention`, exact): every step
+    and the conversion work on the two kernels per block that the scores depend on.
     """
     if isinstance(source, ModelParts):
         return source
@@ -104,10 +107,11 @@ def model_parts(source: TrainedModel | ModelParts | str | Path) -> ModelParts:
 
         source = TrainedModel.load(source)
     vectors = np.asarray(source.item_vectors(), dtype=np.float32)
+    encoder = source.folded_encoder()
     return ModelParts(
-        user_tower=source.user_tower,
+        user_tower=user_tower_from_encoder(encoder),
         item_vectors=vectors,
-        encoder=source.encoder,
+        encoder=encoder,
         cold_start_vector=source.cold_start_vector,
     )
 
@@ -208,7 +212,7 @@ def compress(
         else None
     )
     model = post_training_quantize(
-        converted_tower(parts),
+        parts.user_tower,
         recipe.quantization,
         representative,
         batch_size=recipe.batch_size,

@@ -25,11 +25,7 @@ from pocketrec.evaluation import Split
 from pocketrec.sdk.contract import HISTORY_INPUT, MASK_INPUT
 from pocketrec.training.convert import user_tower_shape
 from pocketrec.training.fit import make_windows, seen_pairs
-from pocketrec.training.model import (
-    attention_blocks,
-    fold_attention_biases,
-    user_tower_from_encoder,
-)
+from pocketrec.training.model import user_tower_from_encoder
 
 ITEM_TABLE_LAYER = "item_table"
 
@@ -138,18 +134,6 @@ def private_copy(model: tf_keras.Model) -> tf_keras.Model:
         ) from error
     copy_weights(model, cloned)
     return cloned
-
-
-def converted_tower(parts: ModelParts) -> tf_keras.Model:
-    """The user tower to convert: a copy whose attention biases are folded away
-    (`fold_attention_biases`, exact). A tower without attention blocks is converted as it
-    is, uncopied (a custom layer need not be cloneable unless a step fine-tunes it), and so
-    is a quantization-aware one, whose learned ranges include the biases."""
-    if parts.quantization_aware or not attention_blocks(parts.user_tower):
-        return parts.user_tower
-    tower = private_copy(parts.user_tower)
-    fold_attention_biases(tower)
-    return tower
 
 
 def rewrap(

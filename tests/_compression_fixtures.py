@@ -20,7 +20,7 @@ from pocketrec.training.fit import train
 
 # The CLI test rebuilds this split from `--synthetic USERS --synthetic-items N --seed S`.
 USERS, ITEMS, SEED = 150, 60, 0
-MODEL_CONFIG = ModelConfig(embedding_dim=32, history_length=8, num_heads=2, ffn_dim=64, dropout=0.1)
+MODEL_CONFIG = ModelConfig(embedding_dim=32, history_length=8, ffn_dim=64, dropout=0.1)
 FINE_TUNE = FineTuneConfig(steps=12, batch_size=32)
 
 

@@ -137,19 +137,18 @@ def test_recipes_leave_the_parts_they_compress_untouched(
         np.testing.assert_array_equal(old, new)
 
 
-def test_float32_bundle_scores_as_the_tower_does_without_its_attention_biases(
-    bundles: dict[str, CompressionResult], parts: ModelParts, split: Split
+def test_float32_bundle_scores_as_the_trained_tower_with_merged_attention_kernels(
+    bundles: dict[str, CompressionResult], parts: ModelParts, trained: TrainedModel, split: Split
 ) -> None:
-    # The conversion folds the key and value biases away (fold_attention_biases): the
-    # trained tower has them, the shipped one computes the same vectors without.
-    assert parts.user_tower.get_layer("block0_key").get_weights()[1].any()
+    # The parts hold the encoder with each block's query-key and value-output kernels
+    # merged (fold_attention): fewer weights, the trained tower's vectors.
+    names = {layer.name for layer in parts.encoder.layers}
+    assert "block0_query_key" in names and "block0_key" not in names
+    assert parts.encoder.count_params() < trained.encoder.count_params()
     histories = split.histories("valid")[:20]
-    table = ItemTable.quantize(parts.item_vectors, "float32")
-    history, mask = encode_histories(table, histories, parts.history_length)
-    users = np.asarray(parts.user_tower({"history": history, "mask": mask}, training=False))
     with Recommender.open(bundles["float32"].bundle) as recommender:
         scores = recommender.score_rows(histories)
-    np.testing.assert_allclose(scores, users @ parts.item_vectors.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores, trained.score(histories), rtol=1e-4, atol=1e-4)
 
 
 def test_manifest_records_recipe_quantization_and_accelerator(
@@ -491,10 +490,8 @@ def test_keras3_model_is_refused_with_the_fix() -> None:
     assert "tf_keras" in str(info.value)
 
 
-def test_a_tower_without_attention_blocks_converts_without_being_copied(
-    split: Split, tmp_path: Path
-) -> None:
-    # Only fine-tuning and the attention-bias fold need a copy of the tower.
+def test_a_tower_that_cannot_be_rebuilt_converts_as_it_is(split: Split, tmp_path: Path) -> None:
+    # Only fine-tuning needs a copy of the tower.
     parts = ModelParts(uncloneable_user_tower(), random_vectors(split.num_items))
     result = compress(parts, "int8", tmp_path / "b", split=split, measure=False, probe_gpu=False)
     with Recommender.open(result.bundle) as recommender:

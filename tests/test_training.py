@@ -35,7 +35,7 @@ from pocketrec.training import (
     user_tower_from_encoder,
 )
 from pocketrec.training.item_features import RIDGE_GRID
-from pocketrec.training.model import fold_attention_biases
+from pocketrec.training.model import fold_attention
 from pocketrec.training.pipeline import baseline_lead
 
 
@@ -137,32 +137,35 @@ def test_attention_user_vector_ignores_padding_rows() -> None:
     )
 
 
-def test_folding_the_attention_biases_keeps_the_user_vectors() -> None:
-    tower = build_user_tower(tiny_model_config(num_blocks=2))
+@pytest.mark.parametrize("follow_window", [0, 2])
+def test_folding_the_attention_keeps_every_position_with_fewer_weights(follow_window: int) -> None:
+    config = tiny_model_config(num_heads=1, num_blocks=2, follow_window=follow_window)
+    encoder = build_sequence_encoder(config)
     rng = np.random.default_rng(0)
-    for layer in tower.layers:  # fresh biases are zeros: give every weight a value
+    for layer in encoder.layers:  # fresh biases are zeros: give every weight a value
         layer.set_weights([w + rng.normal(0.0, 0.3, w.shape) for w in layer.get_weights()])
-    history, mask = random_inputs(HISTORY_LENGTH + 1, HISTORY_LENGTH, DIM)
+    weights = encoder.get_weights()
+    history, mask = random_inputs(HISTORY_LENGTH + 1, HISTORY_LENGTH, config.table_dim)
     inputs = {"history": history, "mask": mask}
-    before = np.asarray(tower(inputs))
-    output_biases = [tower.get_layer(f"block{b}_output").get_weights()[1] for b in (0, 1)]
 
-    assert fold_attention_biases(tower) == 2
+    folded = fold_attention(encoder, config)
 
-    np.testing.assert_allclose(np.asarray(tower(inputs)), before, atol=1e-4)
-    for block, output_bias in enumerate(output_biases):
-        for part in ("key", "value"):
-            assert not tower.get_layer(f"block{block}_{part}").get_weights()[1].any()
-        folded = tower.get_layer(f"block{block}_output").get_weights()[1]
-        assert not np.allclose(folded, output_bias)
-
-
-def test_folding_leaves_towers_without_attention_blocks_alone() -> None:
-    tower = build_user_tower(tiny_model_config(encoder="mean"))
-    weights = tower.get_weights()
-    assert fold_attention_biases(tower) == 0
-    for before, after in zip(weights, tower.get_weights(), strict=True):
+    np.testing.assert_allclose(np.asarray(folded(inputs)), np.asarray(encoder(inputs)), atol=1e-4)
+    # Per block, two D x D kernels and two biases fewer.
+    merged = 2 * config.num_blocks * (DIM * DIM + DIM)
+    assert folded.count_params() == encoder.count_params() - merged
+    for before, after in zip(weights, encoder.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize("changes", [{"encoder": "mean"}, {"encoder": "gru"}, {"num_heads": 2}])
+def test_folding_leaves_encoders_without_one_head_attention_alone(changes: dict) -> None:
+    config = tiny_model_config(**changes)
+    encoder = build_sequence_encoder(config)
+    assert fold_attention(encoder, config) is encoder
+    if "num_heads" in changes:
+        with pytest.raises(ValueError, match="num_heads=1"):
+            build_sequence_encoder(config, folded=True)
 
 
 def test_item_tower_adds_genres_and_title_words_only_when_asked() -> None:

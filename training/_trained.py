@@ -22,6 +22,7 @@ from pocketrec.training.model import (
     ModelConfig,
     build_item_tower,
     build_sequence_encoder,
+    fold_attention,
     title_word_ids,
     user_tower_from_encoder,
 )
@@ -123,6 +124,11 @@ class TrainedModel:
             for start in range(0, self.num_items, _ITEM_BATCH)
         ]
         return np.concatenate(rows).astype(np.float32, copy=False)
+
+    def folded_encoder(self) -> tf_keras.Model:
+        """A copy of `encoder` whose attention kernels are merged (`fold_attention`): the
+        same outputs from fewer weights, what compression and export convert."""
+        return fold_attention(self.encoder, self.config)
 
     def feature_vectors(self, item_genres: np.ndarray, titles: Sequence[str | None]) -> np.ndarray:
         """float32 ``[B, table_dim]``: item vectors from features alone (genre multi-hot,

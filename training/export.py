@@ -17,6 +17,7 @@ from pocketrec.sdk import Bundle
 from pocketrec.sdk.contract import COLD_START_VECTOR
 from pocketrec.training._trained import TrainedModel
 from pocketrec.training.convert import to_tflite
+from pocketrec.training.model import user_tower_from_encoder
 
 
 def items_metadata(source: TrainedModel | Split) -> list[dict[str, Any]] | None:
@@ -75,7 +76,7 @@ def export_bundle(
             f"expected a split with the model's {trained.num_items} items in the same order, "
             f"got one with {split.num_items} items; pass the split the model was trained on"
         )
-    model = to_tflite(trained.user_tower, quantization="float32")
+    model = to_tflite(user_tower_from_encoder(trained.folded_encoder()), quantization="float32")
     if metrics is None:
         metrics = _best_valid_metrics(trained)
     bundle = Bundle.build(

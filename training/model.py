@@ -47,6 +47,9 @@ FOLLOW_VECTORS = "follow_vectors"
 _MEAN_DROPOUT = "mean_dropout"
 _MEAN_PROJECTION = "mean_projection"
 _OUTPUT_NORM = "output_norm"
+# Suffixes of a folded block's merged attention kernels (`fold_attention`).
+_QUERY_KEY = "_query_key"
+_VALUE_OUTPUT = "_value_output"
 
 
 @dataclass(frozen=True)
@@ -308,19 +311,21 @@ def _frozen_lookup(item: tf.Tensor, rows: np.ndarray, name: str) -> tf.Tensor:
     )(item)
 
 
-def build_sequence_encoder(config: ModelConfig) -> tf_keras.Model:
+def build_sequence_encoder(config: ModelConfig, *, folded: bool = False) -> tf_keras.Model:
     """Sequence encoder: ``history`` ``[B, L, D]``, ``mask`` ``[B, L]`` -> ``[B, L, D]``.
 
     The output at position ``t`` depends only on positions ``<= t`` (causal), so one pass
     over a window trains next-item prediction for every prefix. Its last position is the
     user vector; :func:`user_tower_from_encoder` cuts the user tower out of it.
+    ``folded``: one-head attention blocks with merged kernels (`fold_attention`, which
+    fills them from a trained encoder).
     """
     length, dim = config.history_length, config.embedding_dim
     history = tf_keras.Input(shape=(length, config.table_dim), dtype=tf.float32, name="history")
     mask = tf_keras.Input(shape=(length,), dtype=tf.float32, name="mask")
     own = history[:, :, :dim] if config.follow_window else history
     if config.encoder == "attention":
-        sequence = _attention_encoder(own, mask, config)
+        sequence = _attention_encoder(own, mask, config, folded)
     elif config.encoder == "mean":
         sequence = _mean_encoder(own, mask, config)
     elif config.encoder == "linear":
@@ -373,9 +378,13 @@ def _causal_mask(length: int) -> np.ndarray:
     return np.tril(np.ones((length, length), dtype=np.float32))
 
 
-def _attention_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig) -> tf.Tensor:
+def _attention_encoder(
+    history: tf.Tensor, mask: tf.Tensor, config: ModelConfig, folded: bool
+) -> tf.Tensor:
     dim, heads = config.embedding_dim, config.num_heads
     head_dim = dim // heads
+    if folded and heads != 1:
+        raise ValueError(f"folded attention needs num_heads=1, got {heads}")
     x = SequenceEmbedding(name="sequence_embedding")([history, mask])
     x = tf_keras.layers.Dropout(config.dropout, name="input_dropout")(x)
     # [B, L, L]: a query may attend to real items that are not newer than itself. A query
@@ -387,13 +396,24 @@ def _attention_encoder(history: tf.Tensor, mask: tf.Tensor, config: ModelConfig)
     for block in range(config.num_blocks):
         name = _block_name(block)
         h = tf_keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_attention_norm")(x)
-        query = _split_heads(_per_row(tf_keras.layers.Dense(dim, name=f"{name}_query"), h), heads)
-        key = _split_heads(_per_row(tf_keras.layers.Dense(dim, name=f"{name}_key"), h), heads)
-        value = _split_heads(_per_row(tf_keras.layers.Dense(dim, name=f"{name}_value"), h), heads)
-        logits = tf.matmul(query, key, transpose_b=True) * (1.0 / math.sqrt(head_dim))
-        weights = tf.nn.softmax(logits + logit_bias, axis=-1)
-        attended = _merge_heads(tf.matmul(weights, value), heads, dim)
-        attended = _per_row(tf_keras.layers.Dense(dim, name=f"{name}_output"), attended)
+        if folded:  # the key and value are h itself; the scale is in the query's kernel
+            query = _per_row(tf_keras.layers.Dense(dim, name=f"{name}{_QUERY_KEY}"), h)
+            weights = tf.nn.softmax(tf.matmul(query, h, transpose_b=True) + logit_bias, axis=-1)
+            attended = tf.matmul(weights, h)
+            output = tf_keras.layers.Dense(dim, name=f"{name}{_VALUE_OUTPUT}")
+        else:
+            query = _split_heads(
+                _per_row(tf_keras.layers.Dense(dim, name=f"{name}_query"), h), heads
+            )
+            key = _split_heads(_per_row(tf_keras.layers.Dense(dim, name=f"{name}_key"), h), heads)
+            value = _split_heads(
+                _per_row(tf_keras.layers.Dense(dim, name=f"{name}_value"), h), heads
+            )
+            logits = tf.matmul(query, key, transpose_b=True) * (1.0 / math.sqrt(head_dim))
+            weights = tf.nn.softmax(logits + logit_bias, axis=-1)
+            attended = _merge_heads(tf.matmul(weights, value), heads, dim)
+            output = tf_keras.layers.Dense(dim, name=f"{name}_output")
+        attended = _per_row(output, attended)
         x = x + tf_keras.layers.Dropout(config.dropout, name=f"{name}_attention_dropout")(attended)
         h = tf_keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ffn_norm")(x)
         h = _per_row(
@@ -409,42 +429,42 @@ def _block_name(block: int) -> str:
     return f"block{block}"
 
 
-# The layers of a block whose biases `fold_attention_biases` moves.
-_FOLDED_PARTS = ("key", "value", "output")
+def fold_attention(encoder: tf_keras.Model, config: ModelConfig) -> tf_keras.Model:
+    """``encoder`` (built from ``config``) with each block's four attention kernels merged
+    into two: the same outputs from a quarter fewer tower weights, two fewer matmuls a block.
 
+    With one head as wide as the model, a logit is ``(h Wq + bq) (h Wk + bk)ᵀ / sqrt(D)``
+    and the attended row ``softmax · (h Wv + bv) Wo + bo``: only ``Wq Wkᵀ`` and ``Wv Wo``
+    matter. ``bk`` adds the same amount to all of a query's logits, which softmax ignores;
+    a query's weights sum to 1, so ``bv`` moves into the output bias. What is left prunes
+    and quantizes as the model it computes, without two factors that each must keep it.
 
-def attention_blocks(model: tf_keras.Model) -> list[tuple[tf_keras.layers.Layer, ...]]:
-    """The key, value and output layers of each of ``model``'s attention blocks, in order.
-
-    Empty for models without the attention encoder's layers (other encoders, or layers
-    renamed by tfmot's quantization wrappers).
+    Returns:
+        A new encoder built with ``folded=True`` and its own weights, or ``encoder`` itself
+        when there is nothing to merge (other encoders; several heads, where the merged
+        kernels would be ``D x D`` per head).
     """
-    names = {layer.name for layer in model.layers}
-    blocks = []
-    while all(f"{_block_name(len(blocks))}_{part}" in names for part in _FOLDED_PARTS):
-        prefix = _block_name(len(blocks))
-        blocks.append(tuple(model.get_layer(f"{prefix}_{part}") for part in _FOLDED_PARTS))
-    return blocks
-
-
-def fold_attention_biases(model: tf_keras.Model) -> int:
-    """Zeroes the key and value biases of ``model``'s `attention_blocks`, in place, without
-    changing what it computes; returns the number of blocks.
-
-    A key bias adds ``query . bias`` to all of a query's logits, which softmax ignores; a
-    query's weights sum to 1, so a value bias passes through the attention unchanged and
-    moves into the output layer's bias as ``value_bias @ output_kernel``. The converter
-    drops zero biases: 0.6 KB of the default int8 tower's gzip.
-    """
-    blocks = attention_blocks(model)
-    for key, value, output in blocks:
-        key_kernel, key_bias = key.get_weights()
-        value_kernel, value_bias = value.get_weights()
-        output_kernel, output_bias = output.get_weights()
-        key.set_weights([key_kernel, np.zeros_like(key_bias)])
-        value.set_weights([value_kernel, np.zeros_like(value_bias)])
-        output.set_weights([output_kernel, output_bias + value_bias @ output_kernel])
-    return len(blocks)
+    if config.encoder != "attention" or config.num_heads != 1:
+        return encoder
+    folded = build_sequence_encoder(config, folded=True)
+    own = {layer.name: layer for layer in encoder.layers}
+    scale = 1.0 / math.sqrt(config.embedding_dim)
+    for layer in folded.layers:
+        if layer.name in own and layer.weights:
+            layer.set_weights(own[layer.name].get_weights())
+    for block in range(config.num_blocks):
+        name = _block_name(block)
+        query, query_bias = own[f"{name}_query"].get_weights()
+        key, _ = own[f"{name}_key"].get_weights()
+        value, value_bias = own[f"{name}_value"].get_weights()
+        output, output_bias = own[f"{name}_output"].get_weights()
+        folded.get_layer(f"{name}{_QUERY_KEY}").set_weights(
+            [query @ key.T * scale, query_bias @ key.T * scale]
+        )
+        folded.get_layer(f"{name}{_VALUE_OUTPUT}").set_weights(
+            [value @ output, output_bias + value_bias @ output]
+        )
+    return folded
 
 
 def _add_follow(sequence: tf.Tensor, follow: tf.Tensor, mask: tf.Tensor, window: int) -> tf.Tensor:
