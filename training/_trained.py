@@ -126,8 +126,9 @@ class TrainedModel:
         return np.concatenate(rows).astype(np.float32, copy=False)
 
     def folded_encoder(self) -> tf_keras.Model:
-        """A copy of `encoder` whose attention kernels are merged (`fold_attention`): the
-        same outputs from fewer weights, what compression and export convert."""
+        """`encoder` with its attention kernels merged (`fold_attention`; a new model, or
+        `encoder` itself when it has none to merge): the same outputs from fewer weights,
+        what compression and export convert."""
         return fold_attention(self.encoder, self.config)
 
     def feature_vectors(self, item_genres: np.ndarray, titles: Sequence[str | None]) -> np.ndarray:
